@@ -1,1 +1,17 @@
-pub mod x {}
+//! polymerge: permutation-aware merging of neural-network checkpoints.
+//!
+//! The library is the pipeline, one module per stage of the data flow:
+//! [`checkpoint`] (memory-mapped safetensors input) → [`permute`] (applying
+//! unit permutations) → [`average`] (streaming weighted average) →
+//! [`write`] (atomic, streaming output).
+
+pub mod average;
+pub mod checkpoint;
+pub mod error;
+pub mod permute;
+pub mod write;
+
+pub use error::{Error, Result};
+
+/// Version string written into merge metadata.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

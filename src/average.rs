@@ -1,0 +1,559 @@
+//! Weighted averaging of N checkpoints, streamed tensor by tensor and chunk
+//! by chunk from the memory-mapped inputs into a [`CheckpointWriter`].
+//!
+//! Numerics follow the PyTorch reference exactly: for float tensors
+//! `(sum(w_i * t_i.float() for i) / sum(w)).to(dtype)`, i.e. f32 products and
+//! sums in input order starting from 0 (so `-0.0` sums to `+0.0`), one true
+//! division by `f32(Σw)` (Σw summed in f64, as Python sums floats), then round
+//! to nearest even. F64 tensors (or `Accumulation::F64`) use the same formula
+//! in f64. Integer and bool tensors must be identical across inputs and are
+//! copied; other dtypes (F8 …) are copied from the first input with a warning.
+//! One input whose dtype is kept is copied byte for byte (that is how `align`
+//! and `permute` write B).
+//!
+//! Work is split into chunks of [`CHUNK_ELEMS`] output elements: each chunk is
+//! computed by the rayon pool in sub-blocks of [`SUB_ELEMS`] while a writer
+//! thread appends the previous chunk to the output, and the input pages a
+//! chunk consumed are dropped from the resident set right after. Peak memory
+//! is a few chunks, whatever the model size.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, sync_channel};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use safetensors::Dtype;
+
+use crate::checkpoint::dtype::{self, Kind};
+use crate::checkpoint::{Checkpoint, TensorInfo};
+use crate::error::{Error, Result};
+use crate::permute::{ModelPermutation, TensorPermutation, gather};
+use crate::write::{CheckpointWriter, TensorPlan, WriteSummary};
+
+/// Output elements per streamed chunk: 1 Mi elements (2–4 MiB of output),
+/// large enough to amortise a channel hand-off and a `madvise` call, small
+/// enough that a handful in flight stay far below the memory budget.
+pub const CHUNK_ELEMS: usize = 1 << 20;
+/// Elements per parallel work item inside a chunk: 16 Ki f32 accumulators
+/// (64 KiB) stay in L2 while every input is folded in.
+pub const SUB_ELEMS: usize = 1 << 14;
+/// Chunks queued between the compute loop and the writer thread.
+const QUEUE_DEPTH: usize = 2;
+
+/// One input of a merge: a checkpoint, optionally seen through a permutation.
+#[derive(Clone, Copy)]
+pub struct MergeInput<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub permutation: Option<&'a ModelPermutation>,
+}
+
+impl<'a> MergeInput<'a> {
+    /// An input read as stored.
+    pub fn plain(checkpoint: &'a Checkpoint) -> Self {
+        Self {
+            checkpoint,
+            permutation: None,
+        }
+    }
+}
+
+/// Precision of the running sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Accumulation {
+    /// f32 for F32/F16/BF16 tensors, f64 for F64 tensors (the default).
+    #[default]
+    Auto,
+    /// f64 for every float tensor (long EMA trajectories).
+    F64,
+}
+
+/// How to merge.
+#[derive(Clone, Debug)]
+pub struct MergeOptions {
+    /// One weight per input; the result is Σ wᵢxᵢ / Σ wᵢ.
+    pub weights: Vec<f64>,
+    /// Output dtype for float tensors (default: the first input's).
+    pub dtype: Option<Dtype>,
+    pub accumulation: Accumulation,
+    /// Fail on NaN/Inf in inputs instead of warning.
+    pub strict_nonfinite: bool,
+}
+
+impl MergeOptions {
+    /// Uniform weights over `n` inputs.
+    pub fn uniform(n: usize) -> Self {
+        Self {
+            weights: vec![1.0; n],
+            dtype: None,
+            accumulation: Accumulation::Auto,
+            strict_nonfinite: false,
+        }
+    }
+}
+
+/// What happens to one tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Weighted average with f32 accumulation.
+    AverageF32,
+    /// Weighted average with f64 accumulation.
+    AverageF64,
+    /// Identical across inputs (checked); copied from the first.
+    CopyExact,
+    /// Copied from the first input unchecked (one input, or an opaque dtype).
+    Copy,
+}
+
+/// One planned output tensor and how it is produced.
+#[derive(Clone, Debug)]
+pub struct PlannedTensor {
+    pub plan: TensorPlan,
+    pub action: Action,
+}
+
+/// NaN/Inf found in one input tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonFinite {
+    pub path: PathBuf,
+    pub tensor: String,
+    pub count: u64,
+}
+
+/// The result of a merge.
+#[derive(Clone, Debug)]
+pub struct MergeReport {
+    pub written: WriteSummary,
+    pub tensors: usize,
+    /// Elements of the averaged float tensors.
+    pub params: u64,
+    pub seconds: f64,
+    pub nonfinite: Vec<NonFinite>,
+    pub warnings: Vec<String>,
+}
+
+/// Validates the inputs against each other and plans every output tensor, in
+/// the first input's storage order.
+pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<(Vec<PlannedTensor>, Vec<String>)> {
+    let first = inputs
+        .first()
+        .ok_or_else(|| Error::Invalid("no inputs to merge".into()))?
+        .checkpoint;
+    validate_weights(&opts.weights, inputs.len())?;
+    check_same_names(inputs)?;
+    let mut warnings = Vec::new();
+    let mut planned = Vec::with_capacity(first.tensors().len());
+    for t in first.tensors() {
+        let kind0 = dtype::kind(t.dtype);
+        for inp in &inputs[1..] {
+            let c = inp.checkpoint;
+            let u = c.require(&t.name)?;
+            if u.shape != t.shape {
+                return Err(Error::Mismatch(format!(
+                    "tensor `{}` has shape {:?} in `{}` but {:?} in `{}`",
+                    t.name,
+                    t.shape,
+                    first.shard_path(t).display(),
+                    u.shape,
+                    c.shard_path(u).display()
+                )));
+            }
+            let k = dtype::kind(u.dtype);
+            let both_float = matches!(kind0, Kind::Float | Kind::Double) && matches!(k, Kind::Float | Kind::Double);
+            if !both_float && u.dtype != t.dtype {
+                return Err(Error::Mismatch(format!(
+                    "tensor `{}` is {:?} in `{}` but {:?} in `{}`",
+                    t.name,
+                    t.dtype,
+                    first.shard_path(t).display(),
+                    u.dtype,
+                    c.shard_path(u).display()
+                )));
+            }
+        }
+        let (out_dtype, action) = match kind0 {
+            Kind::Float | Kind::Double => {
+                let out = opts.dtype.unwrap_or(t.dtype);
+                let f64_acc = opts.accumulation == Accumulation::F64 || out == Dtype::F64;
+                let single_copy = inputs.len() == 1 && out == t.dtype;
+                let action = if single_copy {
+                    Action::Copy
+                } else if f64_acc {
+                    Action::AverageF64
+                } else {
+                    Action::AverageF32
+                };
+                (out, action)
+            }
+            Kind::Exact if inputs.len() > 1 => (t.dtype, Action::CopyExact),
+            Kind::Exact => (t.dtype, Action::Copy),
+            Kind::Opaque => {
+                if inputs.len() > 1 {
+                    warnings.push(format!(
+                        "tensor `{}` has dtype {:?}, which is not averaged: copied from `{}`",
+                        t.name,
+                        t.dtype,
+                        first.shard_path(t).display()
+                    ));
+                }
+                (t.dtype, Action::Copy)
+            }
+        };
+        planned.push(PlannedTensor {
+            plan: TensorPlan {
+                name: t.name.clone(),
+                dtype: out_dtype,
+                shape: t.shape.clone(),
+            },
+            action,
+        });
+    }
+    Ok((planned, warnings))
+}
+
+/// Checks that weights are as many as inputs, finite, and do not sum to zero.
+pub fn validate_weights(weights: &[f64], inputs: usize) -> Result<()> {
+    if weights.len() != inputs {
+        return Err(Error::Invalid(format!(
+            "{} weights given for {} inputs",
+            weights.len(),
+            inputs
+        )));
+    }
+    if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
+        return Err(Error::Invalid(format!("weight {} is {w}; weights must be finite", i + 1)));
+    }
+    let sum: f64 = weights.iter().sum();
+    if sum == 0.0 || (sum as f32) == 0.0 {
+        return Err(Error::Invalid("weights sum to zero".into()));
+    }
+    Ok(())
+}
+
+fn check_same_names(inputs: &[MergeInput]) -> Result<()> {
+    let first = inputs[0].checkpoint;
+    let names0: BTreeSet<&str> = first.tensors().iter().map(|t| t.name.as_str()).collect();
+    for inp in &inputs[1..] {
+        let c = inp.checkpoint;
+        let names: BTreeSet<&str> = c.tensors().iter().map(|t| t.name.as_str()).collect();
+        if names != names0 {
+            let missing: Vec<&str> = names0.difference(&names).copied().collect();
+            let extra: Vec<&str> = names.difference(&names0).copied().collect();
+            let mut parts = Vec::new();
+            if !missing.is_empty() {
+                parts.push(format!("lacks {} of `{}`'s tensors ({})", missing.len(), first.source().display(), first_few(&missing)));
+            }
+            if !extra.is_empty() {
+                parts.push(format!("has {} tensor(s) `{}` lacks ({})", extra.len(), first.source().display(), first_few(&extra)));
+            }
+            return Err(Error::Mismatch(format!("`{}` {}", c.source().display(), parts.join(" and "))));
+        }
+    }
+    Ok(())
+}
+
+fn first_few(names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let mut s: Vec<String> = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect();
+    if names.len() > SHOWN {
+        s.push(format!("… {} more", names.len() - SHOWN));
+    }
+    s.join(", ")
+}
+
+/// A tensor of one input, with its permutation (if any) resolved.
+struct Source<'a> {
+    ckpt: &'a Checkpoint,
+    info: &'a TensorInfo,
+    bytes: &'a [u8],
+    perm: Option<&'a TensorPermutation>,
+    elem: usize,
+}
+
+impl<'a> Source<'a> {
+    /// Bytes of output elements `range`: a slice of the mapping when the
+    /// tensor is not permuted, else gathered into `scratch`.
+    fn fetch<'s>(&'s self, range: std::ops::Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+        match self.perm {
+            None => &self.bytes[range.start * self.elem..range.end * self.elem],
+            Some(p) => {
+                scratch.resize(range.len() * self.elem, 0);
+                gather(self.bytes, &self.info.shape, self.elem, p, range, scratch);
+                scratch
+            }
+        }
+    }
+}
+
+/// Runs a planned merge into `writer`. `progress` is called with the number
+/// of output bytes produced so far.
+pub fn run(
+    inputs: &[MergeInput],
+    planned: &[PlannedTensor],
+    opts: &MergeOptions,
+    writer: CheckpointWriter,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<MergeReport> {
+    let start = Instant::now();
+    let weights32: Vec<f32> = opts.weights.iter().map(|&w| w as f32).collect();
+    let sum64: f64 = opts.weights.iter().sum();
+    let mut nonfinite = Vec::new();
+    let mut params = 0u64;
+
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_DEPTH);
+    let (back_tx, back_rx) = channel::<Vec<u8>>();
+    let outcome: Result<CheckpointWriter> = std::thread::scope(|scope| {
+        let handle = scope.spawn(move || -> Result<CheckpointWriter> {
+            let mut writer = writer;
+            for buf in rx {
+                writer.write(&buf)?;
+                let _ = back_tx.send(buf);
+            }
+            Ok(writer)
+        });
+        let compute = (|| -> Result<()> {
+            let mut done = 0u64;
+            for pt in planned {
+                let sources: Vec<Source> = inputs
+                    .iter()
+                    .map(|inp| {
+                        let info = inp.checkpoint.require(&pt.plan.name)?;
+                        Ok(Source {
+                            ckpt: inp.checkpoint,
+                            info,
+                            bytes: inp.checkpoint.bytes(info),
+                            perm: inp.permutation.and_then(|p| p.get(&pt.plan.name)),
+                            elem: dtype::size_of(info.dtype),
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                let numel = pt.plan.numel();
+                let out_elem = dtype::size_of(pt.plan.dtype);
+                let mut counts = vec![0u64; sources.len()];
+                if matches!(pt.action, Action::CopyExact) {
+                    check_identical(&sources)?;
+                }
+                if matches!(pt.action, Action::AverageF32 | Action::AverageF64) {
+                    params += numel as u64;
+                }
+                let mut offset = 0usize;
+                // A 0-element tensor still gets one (empty) pass.
+                loop {
+                    let n = CHUNK_ELEMS.min(numel - offset);
+                    let mut buf = back_rx.try_recv().unwrap_or_default();
+                    buf.clear();
+                    buf.resize(n * out_elem, 0);
+                    let range = offset..offset + n;
+                    match pt.action {
+                        Action::Copy | Action::CopyExact => {
+                            let mut scratch = Vec::new();
+                            buf.copy_from_slice(sources[0].fetch(range.clone(), &mut scratch));
+                        }
+                        Action::AverageF32 => {
+                            let c = average_chunk_f32(&sources, &weights32, sum64 as f32, pt.plan.dtype, range.clone(), &mut buf);
+                            counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+                        }
+                        Action::AverageF64 => {
+                            let c = average_chunk_f64(&sources, &opts.weights, sum64, pt.plan.dtype, range.clone(), &mut buf);
+                            counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+                        }
+                    }
+                    if tx.send(buf).is_err() {
+                        // The writer thread stopped: its error is reported below.
+                        return Ok(());
+                    }
+                    for s in &sources {
+                        if s.perm.is_none() {
+                            s.ckpt.release(s.info, range.start * s.elem..range.end * s.elem);
+                        }
+                    }
+                    done += (n * out_elem) as u64;
+                    progress(done);
+                    offset += n;
+                    if offset >= numel {
+                        break;
+                    }
+                }
+                for s in &sources {
+                    if s.perm.is_some() {
+                        s.ckpt.release(s.info, 0..s.info.nbytes());
+                    }
+                }
+                for (s, &count) in sources.iter().zip(&counts) {
+                    if count > 0 {
+                        let nf = NonFinite {
+                            path: s.ckpt.shard_path(s.info).to_path_buf(),
+                            tensor: pt.plan.name.clone(),
+                            count,
+                        };
+                        if opts.strict_nonfinite {
+                            return Err(Error::tensor(
+                                &nf.path,
+                                &nf.tensor,
+                                format!("{} NaN/Inf value(s) (--strict)", nf.count),
+                            ));
+                        }
+                        nonfinite.push(nf);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let writer = handle.join().expect("writer thread panicked");
+        compute.and(writer)
+    });
+    let writer = outcome?;
+    let written = writer.finish()?;
+    Ok(MergeReport {
+        tensors: planned.len(),
+        params,
+        seconds: start.elapsed().as_secs_f64(),
+        written,
+        nonfinite,
+        warnings: Vec::new(),
+    })
+}
+
+fn check_identical(sources: &[Source]) -> Result<()> {
+    let numel = sources[0].info.numel();
+    let mut s0 = Vec::new();
+    let mut s1 = Vec::new();
+    let a = sources[0].fetch(0..numel, &mut s0);
+    for s in &sources[1..] {
+        if s.fetch(0..numel, &mut s1) != a {
+            return Err(Error::Mismatch(format!(
+                "{:?} tensor `{}` differs between `{}` and `{}`; integer and bool tensors must be identical to be merged",
+                s.info.dtype,
+                s.info.name,
+                sources[0].ckpt.shard_path(sources[0].info).display(),
+                s.ckpt.shard_path(s.info).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Per-worker scratch space for one sub-block.
+#[derive(Default)]
+struct Scratch<T> {
+    acc: Vec<T>,
+    x: Vec<T>,
+    bytes: Vec<u8>,
+}
+
+/// Averages output elements `range` into `out` with f32 arithmetic; returns
+/// the NaN/Inf count of each input over the range.
+fn average_chunk_f32(
+    sources: &[Source],
+    weights: &[f32],
+    divisor: f32,
+    out_dtype: Dtype,
+    range: std::ops::Range<usize>,
+    out: &mut [u8],
+) -> Vec<u64> {
+    let out_elem = dtype::size_of(out_dtype);
+    out.par_chunks_mut(SUB_ELEMS * out_elem)
+        .enumerate()
+        .map_init(Scratch::<f32>::default, |s, (k, out_block)| {
+            let n = out_block.len() / out_elem;
+            let lo = range.start + k * SUB_ELEMS;
+            let mut counts = vec![0u64; sources.len()];
+            s.acc.clear();
+            s.acc.resize(n, 0.0);
+            s.x.resize(n, 0.0);
+            for (i, src) in sources.iter().enumerate() {
+                let bytes = src.fetch(lo..lo + n, &mut s.bytes);
+                dtype::decode_f32(src.info.dtype, bytes, &mut s.x);
+                let w = weights[i];
+                let mut bad = 0u64;
+                if i == 0 {
+                    // Python's sum() starts from 0: 0 + w·x (turns -0.0 into +0.0).
+                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
+                        bad += u64::from(!x.is_finite());
+                        *a = 0.0 + w * x;
+                    }
+                } else {
+                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
+                        bad += u64::from(!x.is_finite());
+                        *a += w * x;
+                    }
+                }
+                counts[i] = bad;
+            }
+            for a in s.acc.iter_mut() {
+                *a /= divisor;
+            }
+            dtype::encode_f32(out_dtype, &s.acc, out_block);
+            counts
+        })
+        .reduce(
+            || vec![0u64; sources.len()],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// As [`average_chunk_f32`] with f64 arithmetic.
+fn average_chunk_f64(
+    sources: &[Source],
+    weights: &[f64],
+    divisor: f64,
+    out_dtype: Dtype,
+    range: std::ops::Range<usize>,
+    out: &mut [u8],
+) -> Vec<u64> {
+    let out_elem = dtype::size_of(out_dtype);
+    out.par_chunks_mut(SUB_ELEMS * out_elem)
+        .enumerate()
+        .map_init(Scratch::<f64>::default, |s, (k, out_block)| {
+            let n = out_block.len() / out_elem;
+            let lo = range.start + k * SUB_ELEMS;
+            let mut counts = vec![0u64; sources.len()];
+            s.acc.clear();
+            s.acc.resize(n, 0.0);
+            s.x.resize(n, 0.0);
+            for (i, src) in sources.iter().enumerate() {
+                let bytes = src.fetch(lo..lo + n, &mut s.bytes);
+                dtype::decode_f64(src.info.dtype, bytes, &mut s.x);
+                let w = weights[i];
+                let mut bad = 0u64;
+                if i == 0 {
+                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
+                        bad += u64::from(!x.is_finite());
+                        *a = 0.0 + w * x;
+                    }
+                } else {
+                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
+                        bad += u64::from(!x.is_finite());
+                        *a += w * x;
+                    }
+                }
+                counts[i] = bad;
+            }
+            for a in s.acc.iter_mut() {
+                *a /= divisor;
+            }
+            dtype::encode_f64(out_dtype, &s.acc, out_block);
+            counts
+        })
+        .reduce(
+            || vec![0u64; sources.len()],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// The `__metadata__` of a merge output: the first input's, plus
+/// `format: pt` when missing (transformers refuses files without it) and a
+/// `polymerge` key describing the merge as a JSON string.
+pub fn output_metadata(first: &Checkpoint, description: serde_json::Value) -> BTreeMap<String, String> {
+    let mut m = first.metadata().clone();
+    m.entry("format".into()).or_insert_with(|| "pt".into());
+    m.insert("polymerge".into(), description.to_string());
+    m
+}

@@ -1,0 +1,86 @@
+//! Memory-mapped checkpoint files: the one place where polymerge uses `unsafe`.
+//!
+//! A checkpoint is mapped read-only and never copied as a whole; tensors are
+//! decoded straight from the mapping. After a stretch of a tensor has been
+//! consumed, [`MappedFile::release`] tells the kernel we will not need those
+//! pages again (`madvise(MADV_DONTNEED)`), so file pages do not pile up in the
+//! process's resident set while a multi-gigabyte model streams through.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, UncheckedAdvice};
+
+use crate::error::{Error, Result};
+
+/// A read-only mapping of one file on disk.
+#[derive(Debug)]
+pub struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only. The file descriptor is closed right away (the
+    /// mapping keeps the file alive), so hundreds of checkpoints can be open
+    /// at once without running into the descriptor limit.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: "not a regular file".into(),
+            });
+        }
+        // SAFETY: the mapping is read-only and private to this process. The
+        // usual caveat of file mappings applies: if another process truncates
+        // or rewrites the file while it is mapped, reads may fault or see new
+        // bytes. polymerge itself never writes to a file it has mapped: outputs
+        // go to a fresh temporary file that is renamed over the target, which
+        // leaves the mapped inode untouched.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The path this mapping was made from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hints that the bytes in `range` will not be read again soon, dropping
+    /// the whole pages inside it from this process's resident set. Partial
+    /// pages at either end are kept. Failures are ignored: this is only a hint.
+    pub fn release(&self, range: Range<usize>) {
+        let page = RELEASE_ALIGN;
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end.min(self.map.len()) / page) * page;
+        if end <= start {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops
+        // this process's page-table entries; the next access faults the same
+        // bytes back in from the page cache (or the file). No memory is freed
+        // from under a live reference: slices into the mapping stay valid and
+        // keep reading the file's unchanged contents.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+}
+
+/// Alignment of the ranges handed to `madvise`: 64 KiB, the largest base
+/// page size in common use (arm64 kernels built with 64K pages); a multiple of
+/// the 4 KiB pages of x86-64. Dropping only whole 64 KiB blocks costs nothing
+/// measurable and never hands the kernel a misaligned address.
+const RELEASE_ALIGN: usize = 64 * 1024;

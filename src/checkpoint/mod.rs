@@ -1,0 +1,361 @@
+//! Checkpoint input: single safetensors files, Hugging Face sharded
+//! checkpoints (`*.safetensors.index.json`) and model directories, all
+//! memory-mapped and read without copying.
+//!
+//! Parsing and bounds checks of each file's header are the `safetensors`
+//! crate's (`SafeTensors::read_metadata`: header size limit, offsets that tile
+//! the data section exactly, shape × dtype = byte length). On top of that this
+//! module resolves what a user path means, checks shards against their index,
+//! and exposes every tensor as a [`TensorInfo`] whose bytes are a slice of the
+//! mapping.
+
+pub mod dtype;
+mod mmap;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use mmap::MappedFile;
+
+/// Name of the single-file weights in a Hugging Face model directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Name of the shard index in a Hugging Face model directory.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One tensor of a checkpoint: where its bytes live and what they are.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    /// Tensor name as stored in the file.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape (empty for a 0-dim scalar).
+    pub shape: Vec<usize>,
+    shard: usize,
+    /// Byte range in the shard file (absolute, header included).
+    start: usize,
+    end: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Number of bytes of data.
+    pub fn nbytes(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// An opened checkpoint (one file or several shards).
+#[derive(Debug)]
+pub struct Checkpoint {
+    source: PathBuf,
+    model_dir: Option<PathBuf>,
+    shards: Vec<MappedFile>,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct IndexFile {
+    #[serde(default)]
+    weight_map: Option<BTreeMap<String, String>>,
+}
+
+impl Checkpoint {
+    /// Opens a `.safetensors` file, an index JSON, or a model directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            let index = path.join(INDEX_FILE);
+            if index.is_file() {
+                return Self::open_index(path, &index, Some(path.to_path_buf()));
+            }
+            let single = path.join(MODEL_FILE);
+            if single.is_file() {
+                return Self::open_files(path, vec![single], Some(path.to_path_buf()));
+            }
+            let (indexes, files) = list_weight_files(path)?;
+            return match (indexes.as_slice(), files.as_slice()) {
+                ([one], _) => Self::open_index(path, one, Some(path.to_path_buf())),
+                ([], [one]) => Self::open_files(path, vec![one.clone()], Some(path.to_path_buf())),
+                _ => Err(Error::Format {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "directory has no {MODEL_FILE} or {INDEX_FILE} and {} index file(s), {} safetensors file(s); name the file to use",
+                        indexes.len(),
+                        files.len()
+                    ),
+                }),
+            };
+        }
+        if path.to_string_lossy().ends_with(".json") {
+            let dir = path.parent().map(Path::to_path_buf);
+            return Self::open_index(path, path, dir);
+        }
+        Self::open_files(path, vec![path.to_path_buf()], None)
+    }
+
+    fn open_index(source: &Path, index: &Path, model_dir: Option<PathBuf>) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let parsed: IndexFile = serde_json::from_str(&text).map_err(|e| Error::Index {
+            path: index.to_path_buf(),
+            reason: format!("not valid index JSON: {e}"),
+        })?;
+        let weight_map = parsed.weight_map.ok_or_else(|| Error::Index {
+            path: index.to_path_buf(),
+            reason: "missing `weight_map`".into(),
+        })?;
+        if weight_map.is_empty() {
+            return Err(Error::Index {
+                path: index.to_path_buf(),
+                reason: "`weight_map` is empty".into(),
+            });
+        }
+        let base = index.parent().unwrap_or(Path::new("."));
+        let mut shard_names: Vec<&String> = weight_map.values().collect();
+        shard_names.sort();
+        shard_names.dedup();
+        let mut files = Vec::with_capacity(shard_names.len());
+        for name in &shard_names {
+            if name.contains('/') || name.contains('\\') || name.as_str() == ".." {
+                return Err(Error::Index {
+                    path: index.to_path_buf(),
+                    reason: format!("shard name `{name}` must be a file name in the index's directory"),
+                });
+            }
+            let shard = base.join(name);
+            if !shard.is_file() {
+                return Err(Error::Index {
+                    path: index.to_path_buf(),
+                    reason: format!("shard `{}` does not exist", shard.display()),
+                });
+            }
+            files.push(shard);
+        }
+        let ckpt = Self::open_files(source, files, model_dir)?;
+        // Every tensor named in the index must be in the shard it names, and
+        // every tensor in a shard must be listed there.
+        for (tensor, shard_name) in &weight_map {
+            match ckpt.by_name.get(tensor) {
+                None => {
+                    return Err(Error::Index {
+                        path: index.to_path_buf(),
+                        reason: format!("tensor `{tensor}` is mapped to `{shard_name}` but no shard contains it"),
+                    });
+                }
+                Some(&i) => {
+                    let actual = ckpt.shard_path(&ckpt.tensors[i]);
+                    if actual.file_name().map(|f| f.to_string_lossy() != shard_name.as_str()).unwrap_or(true) {
+                        return Err(Error::Index {
+                            path: index.to_path_buf(),
+                            reason: format!(
+                                "tensor `{tensor}` is mapped to `{shard_name}` but stored in `{}`",
+                                actual.display()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(t) = ckpt.tensors.iter().find(|t| !weight_map.contains_key(&t.name)) {
+            return Err(Error::Index {
+                path: index.to_path_buf(),
+                reason: format!(
+                    "tensor `{}` in shard `{}` is not listed in `weight_map`",
+                    t.name,
+                    ckpt.shard_path(t).display()
+                ),
+            });
+        }
+        Ok(ckpt)
+    }
+
+    fn open_files(source: &Path, files: Vec<PathBuf>, model_dir: Option<PathBuf>) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut tensors = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut metadata = BTreeMap::new();
+        for (shard_idx, file) in files.iter().enumerate() {
+            let mapped = MappedFile::open(file)?;
+            let (header_len, parsed) = parse_header(file, mapped.bytes())?;
+            if shard_idx == 0 {
+                if let Some(m) = parsed.metadata() {
+                    metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                }
+            }
+            let data_start = 8 + header_len;
+            let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
+                parsed.tensors().into_iter().collect();
+            infos.sort_by_key(|(_, i)| i.data_offsets);
+            for (name, info) in infos {
+                if let Some(&prev) = by_name.get(&name) {
+                    let other: &TensorInfo = &tensors[prev];
+                    return Err(Error::Index {
+                        path: source.to_path_buf(),
+                        reason: format!(
+                            "tensor `{name}` is present in two shards: `{}` and `{}`",
+                            files[other.shard].display(),
+                            file.display()
+                        ),
+                    });
+                }
+                if info.dtype.bitsize() % 8 != 0 {
+                    // Sub-byte dtypes are passed through whole; nothing to check here.
+                }
+                by_name.insert(name.clone(), tensors.len());
+                tensors.push(TensorInfo {
+                    name,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    shard: shard_idx,
+                    start: data_start + info.data_offsets.0,
+                    end: data_start + info.data_offsets.1,
+                });
+            }
+            shards.push(mapped);
+        }
+        Ok(Self {
+            source: source.to_path_buf(),
+            model_dir,
+            shards,
+            tensors,
+            by_name,
+            metadata,
+        })
+    }
+
+    /// The path the user gave.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The model directory when the input was one (or an index inside one):
+    /// where config and tokenizer files live.
+    pub fn model_dir(&self) -> Option<&Path> {
+        self.model_dir.as_deref()
+    }
+
+    /// All tensors, in storage order (shard by shard, by offset).
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// Looks a tensor up by name.
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// Looks a tensor up by name, or fails naming the checkpoint.
+    pub fn require(&self, name: &str) -> Result<&TensorInfo> {
+        self.get(name)
+            .ok_or_else(|| Error::tensor(&self.source, name, "no such tensor"))
+    }
+
+    /// `__metadata__` of the (first) file.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The shard files this checkpoint maps.
+    pub fn files(&self) -> Vec<&Path> {
+        self.shards.iter().map(|s| s.path()).collect()
+    }
+
+    /// The file holding `t`.
+    pub fn shard_path(&self, t: &TensorInfo) -> &Path {
+        self.shards[t.shard].path()
+    }
+
+    /// The raw little-endian bytes of `t`, straight from the mapping.
+    pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.shards[t.shard].bytes()[t.start..t.end]
+    }
+
+    /// Drops the pages of bytes `range` (relative to the tensor's data) of `t`
+    /// from the resident set; see [`mmap::MappedFile::release`].
+    pub fn release(&self, t: &TensorInfo, range: std::ops::Range<usize>) {
+        self.shards[t.shard].release(t.start + range.start..t.start + range.end);
+    }
+
+    /// Decodes a float tensor into a new f32 vector.
+    pub fn read_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        if !dtype::is_float(t.dtype) {
+            return Err(Error::tensor(
+                self.shard_path(t),
+                &t.name,
+                format!("expected a float tensor, found {:?}", t.dtype),
+            ));
+        }
+        let mut out = vec![0f32; t.numel()];
+        dtype::decode_f32(t.dtype, self.bytes(t), &mut out);
+        Ok(out)
+    }
+
+    /// Total number of elements over all tensors.
+    pub fn numel(&self) -> usize {
+        self.tensors.iter().map(TensorInfo::numel).sum()
+    }
+
+    /// Total bytes of tensor data.
+    pub fn nbytes(&self) -> usize {
+        self.tensors.iter().map(TensorInfo::nbytes).sum()
+    }
+}
+
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(usize, safetensors::tensor::Metadata)> {
+    let fail = |reason: String| Error::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.len() < 8 {
+        return Err(fail(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        )));
+    }
+    let declared = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if declared > (bytes.len() as u64).saturating_sub(8) {
+        return Err(fail(format!(
+            "header length {declared} exceeds the file size {} (truncated or not safetensors)",
+            bytes.len()
+        )));
+    }
+    SafeTensors::read_metadata(bytes).map_err(|e| {
+        use safetensors::SafeTensorError as E;
+        fail(match e {
+            E::MetadataIncompleteBuffer => {
+                "tensor data does not match the file size (truncated or padded file)".into()
+            }
+            E::InvalidHeaderDeserialization(j) => format!("header is not valid JSON: {j}"),
+            E::InvalidHeader(u) => format!("header is not UTF-8: {u}"),
+            E::HeaderTooLarge => "header is larger than the 100 MB limit".into(),
+            other => other.to_string().to_lowercase(),
+        })
+    })
+}
+
+fn list_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut indexes = Vec::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".safetensors.index.json") {
+            indexes.push(entry.path());
+        } else if name.ends_with(".safetensors") {
+            files.push(entry.path());
+        }
+    }
+    indexes.sort();
+    files.sort();
+    Ok((indexes, files))
+}
