@@ -134,7 +134,10 @@ pub struct MergeReport {
 
 /// Validates the inputs against each other and plans every output tensor, in
 /// the first input's storage order.
-pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<(Vec<PlannedTensor>, Vec<String>)> {
+pub fn plan(
+    inputs: &[MergeInput],
+    opts: &MergeOptions,
+) -> Result<(Vec<PlannedTensor>, Vec<String>)> {
     let first = inputs
         .first()
         .ok_or_else(|| Error::Invalid("no inputs to merge".into()))?
@@ -159,7 +162,8 @@ pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<(Vec<PlannedTe
                 )));
             }
             let k = dtype::kind(u.dtype);
-            let both_float = matches!(kind0, Kind::Float | Kind::Double) && matches!(k, Kind::Float | Kind::Double);
+            let both_float = matches!(kind0, Kind::Float | Kind::Double)
+                && matches!(k, Kind::Float | Kind::Double);
             if !both_float && u.dtype != t.dtype {
                 return Err(Error::Mismatch(format!(
                     "tensor `{}` is {:?} in `{}` but {:?} in `{}`",
@@ -221,7 +225,10 @@ pub fn validate_weights(weights: &[f64], inputs: usize) -> Result<()> {
         )));
     }
     if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
-        return Err(Error::Invalid(format!("weight {} is {w}; weights must be finite", i + 1)));
+        return Err(Error::Invalid(format!(
+            "weight {} is {w}; weights must be finite",
+            i + 1
+        )));
     }
     let sum: f64 = weights.iter().sum();
     if sum == 0.0 || (sum as f32) == 0.0 {
@@ -241,12 +248,26 @@ fn check_same_names(inputs: &[MergeInput]) -> Result<()> {
             let extra: Vec<&str> = names.difference(&names0).copied().collect();
             let mut parts = Vec::new();
             if !missing.is_empty() {
-                parts.push(format!("lacks {} of `{}`'s tensors ({})", missing.len(), first.source().display(), first_few(&missing)));
+                parts.push(format!(
+                    "lacks {} of `{}`'s tensors ({})",
+                    missing.len(),
+                    first.source().display(),
+                    first_few(&missing)
+                ));
             }
             if !extra.is_empty() {
-                parts.push(format!("has {} tensor(s) `{}` lacks ({})", extra.len(), first.source().display(), first_few(&extra)));
+                parts.push(format!(
+                    "has {} tensor(s) `{}` lacks ({})",
+                    extra.len(),
+                    first.source().display(),
+                    first_few(&extra)
+                ));
             }
-            return Err(Error::Mismatch(format!("`{}` {}", c.source().display(), parts.join(" and "))));
+            return Err(Error::Mismatch(format!(
+                "`{}` {}",
+                c.source().display(),
+                parts.join(" and ")
+            )));
         }
     }
     Ok(())
@@ -350,11 +371,25 @@ pub fn run(
                             buf.copy_from_slice(sources[0].fetch(range.clone(), &mut scratch));
                         }
                         Action::AverageF32 => {
-                            let c = average_chunk_f32(&sources, &weights32, sum64 as f32, pt.plan.dtype, range.clone(), &mut buf);
+                            let c = average_chunk_f32(
+                                &sources,
+                                &weights32,
+                                sum64 as f32,
+                                pt.plan.dtype,
+                                range.clone(),
+                                &mut buf,
+                            );
                             counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
                         }
                         Action::AverageF64 => {
-                            let c = average_chunk_f64(&sources, &opts.weights, sum64, pt.plan.dtype, range.clone(), &mut buf);
+                            let c = average_chunk_f64(
+                                &sources,
+                                &opts.weights,
+                                sum64,
+                                pt.plan.dtype,
+                                range.clone(),
+                                &mut buf,
+                            );
                             counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
                         }
                     }
@@ -364,7 +399,8 @@ pub fn run(
                     }
                     for s in &sources {
                         if s.perm.is_none() {
-                            s.ckpt.release(s.info, range.start * s.elem..range.end * s.elem);
+                            s.ckpt
+                                .release(s.info, range.start * s.elem..range.end * s.elem);
                         }
                     }
                     done += (n * out_elem) as u64;
@@ -551,7 +587,10 @@ fn average_chunk_f64(
 /// The `__metadata__` of a merge output: the first input's, plus
 /// `format: pt` when missing (transformers refuses files without it) and a
 /// `polymerge` key describing the merge as a JSON string.
-pub fn output_metadata(first: &Checkpoint, description: serde_json::Value) -> BTreeMap<String, String> {
+pub fn output_metadata(
+    first: &Checkpoint,
+    description: serde_json::Value,
+) -> BTreeMap<String, String> {
     let mut m = first.metadata().clone();
     m.entry("format".into()).or_insert_with(|| "pt".into());
     m.insert("polymerge".into(), description.to_string());

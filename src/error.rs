@@ -13,12 +13,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system error on a path (open, read, map, write, rename).
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{}: {}", path.display(), lowercase_io(err))]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// The file is not a readable safetensors file (bad header, truncated, ...).
     #[error("{}: not a valid safetensors file: {reason}", path.display())]
@@ -64,6 +60,20 @@ pub enum Error {
     Output { path: PathBuf, reason: String },
 }
 
+/// `No such file or directory (os error 2)` → `no such file or directory`.
+fn lowercase_io(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    };
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => s,
+    }
+}
+
 fn source_suffix(path: &Option<PathBuf>) -> String {
     match path {
         Some(p) => format!(" {}", p.display()),
@@ -76,7 +86,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 

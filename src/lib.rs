@@ -9,6 +9,7 @@ pub mod average;
 pub mod checkpoint;
 pub mod error;
 pub mod permute;
+pub mod stats;
 pub mod write;
 
 pub use error::{Error, Result};

@@ -1,1 +1,22 @@
-fn main(){}
+//! The `polymerge` binary: parses arguments, runs one command, and turns any
+//! error into a one-line message on stderr and a non-zero exit code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // Ctrl-C: remove half-written temporaries before exiting, so an
+    // interrupted merge never leaves a partial file behind.
+    let _ = ctrlc::set_handler(|| {
+        polymerge::write::remove_temporaries();
+        std::process::exit(130);
+    });
+    match cli::run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("polymerge: error: {}", cli::one_line(&err));
+            ExitCode::from(cli::EXIT_ERROR)
+        }
+    }
+}

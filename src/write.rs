@@ -282,7 +282,8 @@ impl CheckpointWriter {
             );
             offset += p.nbytes();
         }
-        let mut bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut bytes =
+            serde_json::to_vec(&Value::Object(obj)).map_err(|e| Error::Invalid(e.to_string()))?;
         while bytes.len() % 8 != 0 {
             bytes.push(b' ');
         }
@@ -371,10 +372,13 @@ impl CheckpointWriter {
                                 .map(move |p| (p.name.as_str(), s.file_name.as_str()))
                         })
                         .collect();
-                    let index = json!({"metadata": {"total_size": data_bytes}, "weight_map": weight_map});
+                    let index =
+                        json!({"metadata": {"total_size": data_bytes}, "weight_map": weight_map});
                     let index_path = self.temp.join(INDEX_FILE);
-                    let text = serde_json::to_string_pretty(&index).map_err(|e| Error::Invalid(e.to_string()))?;
-                    fs::write(&index_path, text + "\n").map_err(|e| output_error(&target, &index_path, e))?;
+                    let text = serde_json::to_string_pretty(&index)
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    fs::write(&index_path, text + "\n")
+                        .map_err(|e| output_error(&target, &index_path, e))?;
                 }
                 if let Some(src) = copy_from {
                     copy_side_files(&src, &self.temp, &target)?;

@@ -129,7 +129,9 @@ impl Checkpoint {
             if name.contains('/') || name.contains('\\') || name.as_str() == ".." {
                 return Err(Error::Index {
                     path: index.to_path_buf(),
-                    reason: format!("shard name `{name}` must be a file name in the index's directory"),
+                    reason: format!(
+                        "shard name `{name}` must be a file name in the index's directory"
+                    ),
                 });
             }
             let shard = base.join(name);
@@ -149,12 +151,18 @@ impl Checkpoint {
                 None => {
                     return Err(Error::Index {
                         path: index.to_path_buf(),
-                        reason: format!("tensor `{tensor}` is mapped to `{shard_name}` but no shard contains it"),
+                        reason: format!(
+                            "tensor `{tensor}` is mapped to `{shard_name}` but no shard contains it"
+                        ),
                     });
                 }
                 Some(&i) => {
                     let actual = ckpt.shard_path(&ckpt.tensors[i]);
-                    if actual.file_name().map(|f| f.to_string_lossy() != shard_name.as_str()).unwrap_or(true) {
+                    if actual
+                        .file_name()
+                        .map(|f| f.to_string_lossy() != shard_name.as_str())
+                        .unwrap_or(true)
+                    {
                         return Err(Error::Index {
                             path: index.to_path_buf(),
                             reason: format!(
@@ -166,7 +174,11 @@ impl Checkpoint {
                 }
             }
         }
-        if let Some(t) = ckpt.tensors.iter().find(|t| !weight_map.contains_key(&t.name)) {
+        if let Some(t) = ckpt
+            .tensors
+            .iter()
+            .find(|t| !weight_map.contains_key(&t.name))
+        {
             return Err(Error::Index {
                 path: index.to_path_buf(),
                 reason: format!(

@@ -1,0 +1,104 @@
+//! `polymerge inspect`: what a checkpoint holds.
+
+use std::process::ExitCode;
+
+use polymerge::checkpoint::Checkpoint;
+use polymerge::stats::{TensorStats, tensor_stats};
+use rayon::prelude::*;
+use serde_json::json;
+
+use super::args::InspectArgs;
+use super::output::{human_bytes, human_count};
+
+pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let ckpt = Checkpoint::open(&a.path)?;
+    let stats: Vec<Option<TensorStats>> = if a.stats {
+        ckpt.tensors()
+            .par_iter()
+            .map(|t| tensor_stats(&ckpt, t))
+            .collect()
+    } else {
+        vec![None; ckpt.tensors().len()]
+    };
+    if a.json {
+        let tensors: Vec<_> = ckpt
+            .tensors()
+            .iter()
+            .zip(&stats)
+            .map(|(t, s)| {
+                let mut o = json!({
+                    "name": t.name, "dtype": format!("{:?}", t.dtype), "shape": t.shape,
+                    "numel": t.numel(), "bytes": t.nbytes(),
+                    "file": ckpt.shard_path(t).display().to_string(),
+                });
+                if let Some(s) = s {
+                    o["stats"] = serde_json::to_value(s).expect("stats serialise");
+                }
+                o
+            })
+            .collect();
+        let out = json!({
+            "path": ckpt.source().display().to_string(),
+            "files": ckpt.files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "tensors": tensors,
+            "total_tensors": ckpt.tensors().len(),
+            "total_params": ckpt.numel(),
+            "total_bytes": ckpt.nbytes(),
+            "metadata": ckpt.metadata(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = ckpt
+        .tensors()
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut header = format!(
+        "{:<width$}  {:<5}  {:<18}  {:>10}",
+        "name", "dtype", "shape", "size"
+    );
+    if a.stats {
+        header += &format!(
+            "  {:>11}  {:>11}  {:>11}  {:>11}  {:>5}",
+            "mean", "std", "min", "max", "nan/inf"
+        );
+    }
+    println!("{header}");
+    for (t, s) in ckpt.tensors().iter().zip(&stats) {
+        let mut line = format!(
+            "{:<width$}  {:<5}  {:<18}  {:>10}",
+            t.name,
+            format!("{:?}", t.dtype),
+            format!("{:?}", t.shape),
+            human_bytes(t.nbytes() as u64)
+        );
+        if let Some(s) = s {
+            line += &format!(
+                "  {:>11.4e}  {:>11.4e}  {:>11.4e}  {:>11.4e}  {:>5}",
+                s.mean,
+                s.std,
+                s.min,
+                s.max,
+                format!("{}/{}", s.nan, s.inf)
+            );
+        }
+        println!("{line}");
+    }
+    println!(
+        "{} tensors, {} params, {} in {} file(s)",
+        ckpt.tensors().len(),
+        human_count(ckpt.numel() as u64),
+        human_bytes(ckpt.nbytes() as u64),
+        ckpt.files().len()
+    );
+    if !ckpt.metadata().is_empty() {
+        println!("metadata:");
+        for (k, v) in ckpt.metadata() {
+            println!("  {k}: {v}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

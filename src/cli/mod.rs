@@ -1,0 +1,26 @@
+//! Command-line front end: raw arguments ([`args`]) become validated
+//! configurations that drive the library, with progress on stderr and
+//! human or `--json` summaries on stdout.
+
+mod args;
+mod avg;
+mod inspect;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use output::one_line;
+
+/// Exit code for any error (bad input, failed write ...).
+pub const EXIT_ERROR: u8 = 1;
+
+/// Parses the command line and runs the command.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = args::Cli::parse();
+    match cli.command {
+        args::Command::Inspect(a) => inspect::run(a),
+        args::Command::Avg(a) => avg::run(a),
+    }
+}
