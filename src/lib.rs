@@ -5,10 +5,15 @@
 //! unit permutations) → [`average`] (streaming weighted average) →
 //! [`write`] (atomic, streaming output).
 
+pub mod alignment;
+pub mod assignment;
 pub mod average;
 pub mod checkpoint;
 pub mod error;
+pub mod evaluate;
 pub mod permute;
+pub mod similarity;
+pub mod spec;
 pub mod stats;
 pub mod write;
 

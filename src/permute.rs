@@ -41,18 +41,19 @@ impl ModelPermutation {
 }
 
 /// Copies elements `range` (flat, row-major, of the *output*) of a tensor of
-/// `shape` whose elements are `elem` bytes wide from `src` (the whole
-/// unpermuted tensor) into `out`, applying `perm`.
+/// `shape` from `src` (the whole unpermuted tensor) into `out`, applying
+/// `perm`. Each tensor element is `elem` items of `T` (its bytes when `T` is
+/// `u8`, 1 for decoded `f32` data).
 ///
-/// Panics if `out` is not exactly `range.len() * elem` bytes or a map is
+/// Panics if `out` is not exactly `range.len() * elem` items or a map is
 /// shorter than its axis; callers validate maps against shapes first.
-pub fn gather(
-    src: &[u8],
+pub fn gather<T: Copy>(
+    src: &[T],
     shape: &[usize],
     elem: usize,
     perm: &TensorPermutation,
     range: Range<usize>,
-    out: &mut [u8],
+    out: &mut [T],
 ) {
     assert_eq!(out.len(), range.len() * elem);
     if shape.is_empty() || range.is_empty() {
@@ -104,6 +105,13 @@ pub fn gather(
         e += take;
         o += take * elem;
     }
+}
+
+/// Returns `src` (a whole tensor of `shape`, one `T` per element) permuted.
+pub fn permuted<T: Copy + Default>(src: &[T], shape: &[usize], perm: &TensorPermutation) -> Vec<T> {
+    let mut out = vec![T::default(); src.len()];
+    gather(src, shape, 1, perm, 0..src.len(), &mut out);
+    out
 }
 
 /// Inverts a permutation: `inverse(p)[p[i]] = i`.

@@ -34,6 +34,82 @@ pub enum Command {
         after_help = "Examples:\n  polymerge avg a.safetensors b.safetensors\n  polymerge avg a.safetensors b.safetensors c.safetensors --weights 0.2,0.3,0.5 -o soup.safetensors\n  polymerge avg llama-a/ llama-b/model.safetensors.index.json -o merged/ --max-shard-size 2GB\n\nNumerics: (Σ wᵢ·xᵢ)/Σwᵢ with f32 accumulation in input order, rounded to nearest even:\nbit-identical to (sum(w*t.float() for ...)/sum(w)).to(dtype) in PyTorch."
     )]
     Avg(AvgArgs),
+    /// Print the permutation spec polymerge infers for a checkpoint (JSON).
+    #[command(after_help = "Examples:\n  polymerge spec model.safetensors > spec.json\n  polymerge align a.safetensors b.safetensors --spec spec.json -o b_aligned.safetensors")]
+    Spec(SpecArgs),
+    /// Permute B's hidden units into A's order by weight matching (Git Re-Basin).
+    #[command(after_help = "Examples:\n  polymerge align a.safetensors b.safetensors -o b_aligned.safetensors --save-perm perm.json\n  polymerge align a/ b/ -o b_aligned/ --spec spec.json --json\n\nThe output computes exactly the same function as B.")]
+    Align(AlignArgs),
+    /// Apply saved permutations (from `align --save-perm`) to a checkpoint.
+    #[command(after_help = "Examples:\n  polymerge permute b_ema.safetensors --perm perm.json -o b_ema_aligned.safetensors")]
+    Permute(PermuteArgs),
+}
+
+/// Options of weight matching, shared by `align` and `avg --align`.
+#[derive(Args, Debug)]
+pub struct MatchArgs {
+    /// Permutation spec JSON (default: inferred from tensor names; see `polymerge spec`).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Only use these group kinds or names, comma-separated (e.g. ffn,heads,residual).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Option<Vec<String>>,
+    /// Seed of the random group order of each sweep.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Maximum number of coordinate-descent sweeps.
+    #[arg(long, default_value_t = polymerge::alignment::DEFAULT_MAX_ITER)]
+    pub max_iter: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SpecArgs {
+    /// A .safetensors file, an index JSON or a model directory.
+    pub path: PathBuf,
+    /// Only keep these group kinds or names, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Option<Vec<String>>,
+}
+
+#[derive(Args, Debug)]
+pub struct AlignArgs {
+    /// The reference checkpoint (its unit order is kept).
+    pub a: PathBuf,
+    /// The checkpoint to permute into A's unit order.
+    pub b: PathBuf,
+    #[command(flatten)]
+    pub matching: MatchArgs,
+    /// Start from these permutations (a file written by --save-perm).
+    #[arg(long)]
+    pub init_perm: Option<PathBuf>,
+    /// Save the permutations found (JSON; reusable with `polymerge permute`).
+    #[arg(long)]
+    pub save_perm: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PermuteArgs {
+    /// The checkpoint to permute.
+    pub input: PathBuf,
+    /// Permutation file written by `align --save-perm`.
+    #[arg(long)]
+    pub perm: PathBuf,
+    /// Spec to use when the permutation file has none embedded.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// How `avg --align` aligns its inputs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlignMode {
+    /// Align every input to the first one.
+    Pairwise,
+    /// Git Re-Basin MergeMany: match each input to the mean of the others, repeatedly.
+    Many,
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +158,11 @@ pub struct AvgArgs {
     /// Make NaN/Inf values in the inputs an error instead of a warning.
     #[arg(long)]
     pub strict: bool,
+    /// Align hidden units before averaging: `--align` (= pairwise, to the first input) or `--align=many`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "pairwise", value_enum)]
+    pub align: Option<AlignMode>,
+    #[command(flatten)]
+    pub matching: MatchArgs,
     #[command(flatten)]
     pub out: OutputArgs,
 }

@@ -24,12 +24,29 @@ pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("unknown --dtype `{d}` (use f32, f16 or bf16)"))?,
         );
     }
-    let inputs: Vec<MergeInput> = ckpts.iter().map(MergeInput::plain).collect();
+    let perms = match a.align {
+        Some(mode) => {
+            // Check tensors and shapes before spending time on alignment.
+            let plain: Vec<MergeInput> = ckpts.iter().map(MergeInput::plain).collect();
+            average::plan(&plain, &opts)?;
+            super::align::align_inputs(&ckpts, mode, &a.matching, a.out.quiet || a.out.json)?
+        }
+        None => vec![None; ckpts.len()],
+    };
+    let inputs: Vec<MergeInput> = ckpts
+        .iter()
+        .zip(&perms)
+        .map(|(c, p)| MergeInput {
+            checkpoint: c,
+            permutation: p.as_ref(),
+        })
+        .collect();
     let description = json!({
         "command": "avg",
         "version": polymerge::VERSION,
         "inputs": a.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "weights": opts.weights,
+        "align": a.align.map(|m| format!("{m:?}").to_lowercase()),
     });
     let report = merge(&inputs, &opts, &a.out, description, "averaging")?;
     summarize("averaged", &a.out, &report, ckpts.len());

@@ -2,6 +2,7 @@
 //! configurations that drive the library, with progress on stderr and
 //! human or `--json` summaries on stdout.
 
+mod align;
 mod args;
 mod avg;
 mod inspect;
@@ -22,5 +23,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Avg(a) => avg::run(a),
+        args::Command::Spec(a) => align::spec(a),
+        args::Command::Align(a) => align::align(a),
+        args::Command::Permute(a) => align::permute(a),
     }
 }

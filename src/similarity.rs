@@ -1,0 +1,122 @@
+//! Similarity matrices for weight matching: for a permutation group of `n`
+//! units, `S[i, j] = Σ over members ⟨A's unit i, B's unit j⟩`, where a unit's
+//! vector is everything its axis positions touch in that tensor (a row of
+//! `fc1.weight`, a column of `fc2.weight`, a head's block of rows …).
+//! Maximising `Σ_i S[i, p[i]]` over permutations `p` is one step of
+//! Ainsworth et al.'s weight matching (Git Re-Basin, 2022, Algorithm 1).
+//!
+//! Each member adds `A_u · B_uᵀ`, with `A_u`, `B_u` the tensor rearranged to
+//! `[n, L]` (unit-major). The product is an f32 GEMM (`matrixmultiply`,
+//! through ndarray) accumulated into an f64 matrix across members. When the
+//! unit axis is the first or the last one and unblocked, the tensor is used
+//! in place as a (transposed) matrix view; other layouts are copied once.
+
+use ndarray::{Array2, ArrayView2, s};
+
+use crate::spec::AxisMember;
+
+/// Adds one member's contribution to the `n × n` matrix `s` (row-major).
+/// `a` and `b` are the whole tensors (same `shape`), decoded to f32, with
+/// every *other* group's permutation already applied to `b`.
+pub fn accumulate(s: &mut [f64], a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) {
+    let contribution = member_gram(a, b, shape, m, n);
+    for (x, y) in s.iter_mut().zip(contribution.iter()) {
+        *x += *y as f64;
+    }
+}
+
+/// `A_u · B_uᵀ` for one member, as an `n × n` f32 matrix.
+fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) -> Array2<f32> {
+    let axis_len = shape[m.axis];
+    let pre: usize = shape[..m.axis].iter().product();
+    let post: usize = shape[m.axis + 1..].iter().product();
+    if pre == 1 && m.repeat == 1 {
+        // Units are contiguous runs of block·post elements: a [n, block·post] view.
+        let width = m.block * post;
+        let off = m.start * post;
+        let av = ArrayView2::from_shape((n, width), &a[off..off + n * width]).expect("unit rows");
+        let bv = ArrayView2::from_shape((n, width), &b[off..off + n * width]).expect("unit rows");
+        return av.dot(&bv.t());
+    }
+    if post == 1 && m.block == 1 && m.repeat == 1 {
+        // Units are columns of a [pre, axis_len] matrix.
+        let av = ArrayView2::from_shape((pre, axis_len), a).expect("matrix");
+        let bv = ArrayView2::from_shape((pre, axis_len), b).expect("matrix");
+        let av = av.slice(s![.., m.start..m.start + n]);
+        let bv = bv.slice(s![.., m.start..m.start + n]);
+        return av.t().dot(&bv);
+    }
+    let au = unit_major(a, pre, axis_len, post, m, n);
+    let bu = unit_major(b, pre, axis_len, post, m, n);
+    au.dot(&bu.t())
+}
+
+/// Copies a tensor viewed as `[pre, axis_len, post]` into `[n, L]`, row `u`
+/// holding every element whose axis position belongs to unit `u`.
+fn unit_major(x: &[f32], pre: usize, axis_len: usize, post: usize, m: &AxisMember, n: usize) -> Array2<f32> {
+    let width = pre * m.repeat * m.block * post;
+    let mut out = Array2::<f32>::zeros((n, width));
+    for u in 0..n {
+        let mut row = out.row_mut(u);
+        let row = row.as_slice_mut().expect("standard layout");
+        let mut k = 0;
+        for p in 0..pre {
+            for r in 0..m.repeat {
+                for i in 0..m.block {
+                    let pos = m.position(n, r, u, i);
+                    let base = (p * axis_len + pos) * post;
+                    row[k..k + post].copy_from_slice(&x[base..base + post]);
+                    k += post;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) -> Vec<f64> {
+        let mut s = vec![0.0; n * n];
+        accumulate(&mut s, a, b, shape, m, n);
+        s
+    }
+
+    #[test]
+    fn rows_of_a_weight_matrix_give_row_dot_products() {
+        // A = [[1 2] [3 4]], B = [[1 0] [0 1]]: S[i][j] = <A_i, B_j>.
+        let s = gram(&[1., 2., 3., 4.], &[1., 0., 0., 1.], &[2, 2], &AxisMember::plain("w", 0), 2);
+        assert_eq!(s, vec![1., 2., 3., 4.]);
+    }
+
+    #[test]
+    fn columns_of_a_weight_matrix_give_column_dot_products() {
+        // columns of A: (1,3), (2,4); of B: (1,0), (0,1): S = [[1 3] [2 4]].
+        let s = gram(&[1., 2., 3., 4.], &[1., 0., 0., 1.], &[2, 2], &AxisMember::plain("w", 1), 2);
+        assert_eq!(s, vec![1., 3., 2., 4.]);
+    }
+
+    #[test]
+    fn blocked_units_sum_over_their_whole_block() {
+        // A vector of 4 as 2 units of block 2: units (1,2) and (3,4); B = A.
+        let m = AxisMember { block: 2, ..AxisMember::plain("v", 0) };
+        let a = [1., 2., 3., 4.];
+        let s = gram(&a, &a, &[4], &m, 2);
+        // (1·1+2·2, 1·3+2·4; 3·1+4·2, 3·3+4·4)
+        assert_eq!(s, vec![5., 11., 11., 25.]);
+    }
+
+    #[test]
+    fn repeated_units_on_a_middle_axis_use_the_general_copy() {
+        // shape [2, 4, 1]: axis 1 holds repeat 2 × 2 units; unit u collects
+        // positions u and 2+u of both rows.
+        let m = AxisMember { repeat: 2, ..AxisMember::plain("t", 1) };
+        let a: Vec<f32> = (1..=8).map(|x| x as f32).collect();
+        let ones = vec![1.0f32; 8];
+        let s = gram(&a, &ones, &[2, 4, 1], &m, 2);
+        // unit 0 of A: positions 0,2 of rows 0,1 = 1,3,5,7 (sum 16); unit 1: 2,4,6,8 (sum 20)
+        assert_eq!(s, vec![16., 16., 20., 20.]);
+    }
+}

@@ -1,0 +1,316 @@
+//! Permutation specs: which axis of which tensor each permutation group acts
+//! on (Git Re-Basin's `axes_to_perm`, Ainsworth et al. 2022), in a JSON
+//! format users can read, edit and pass back with `--spec`.
+//!
+//! A group of `size` units acts on each of its members, an axis of a tensor.
+//! Along that axis a member covers `repeat × size × block` positions starting
+//! at `start`; unit `u` of repetition `r` owns positions
+//! `start + ((r·size + u)·block) .. +block`. So:
+//! - plain hidden units: `block = 1, repeat = 1` (rows of `fc1.weight`);
+//! - attention heads: `block = head_dim` (whole heads move);
+//! - dimensions inside every head: `size = head_dim, repeat = n_heads`;
+//! - a fused QKV axis: three members with `start = 0, d, 2d`;
+//! - the flatten of a conv's channels into a Linear: `block = H·W`.
+//!
+//! Applying group permutation `p` means: the output's unit `u` is the input's
+//! unit `p[u]` (`W1' = W1[p, :]`, `W2' = W2[:, p]`). Groups that act on the
+//! same axis must commute (their block structures nest, like heads and
+//! within-head dimensions); their maps are composed in spec order.
+
+pub mod infer;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Checkpoint, dtype};
+use crate::error::{Error, Result};
+use crate::permute::{ModelPermutation, TensorPermutation, is_permutation};
+
+/// The `format` tag of spec files this version reads and writes.
+pub const SPEC_FORMAT: &str = "polymerge-spec/1";
+/// The `format` tag of permutation files (`--save-perm`, `--perm`).
+pub const PERM_FORMAT: &str = "polymerge-perm/1";
+
+fn one() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// One (tensor, axis) a group acts on, with its block layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AxisMember {
+    pub tensor: String,
+    pub axis: usize,
+    /// First axis position covered (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start: usize,
+    /// Consecutive positions per unit (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub block: usize,
+    /// How many times the `size × block` pattern repeats (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeat: usize,
+}
+
+impl AxisMember {
+    /// A plain member: unit `u` is axis position `u`.
+    pub fn plain(tensor: impl Into<String>, axis: usize) -> Self {
+        Self {
+            tensor: tensor.into(),
+            axis,
+            start: 0,
+            block: 1,
+            repeat: 1,
+        }
+    }
+
+    /// Axis positions covered for a group of `size` units.
+    pub fn span(&self, size: usize) -> usize {
+        self.repeat * size * self.block
+    }
+
+    /// Axis position of `(repetition r, unit u, offset i in block)`.
+    pub fn position(&self, size: usize, r: usize, u: usize, i: usize) -> usize {
+        self.start + (r * size + u) * self.block + i
+    }
+}
+
+/// A permutation group: `size` units that may be reordered together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermGroup {
+    pub name: String,
+    pub size: usize,
+    /// What kind of symmetry this is (`hidden`, `ffn`, `heads`,
+    /// `head_dims`, `residual`, `channels` …), used by `--groups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub members: Vec<AxisMember>,
+}
+
+/// A whole permutation spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermutationSpec {
+    pub format: String,
+    /// The architecture the spec was inferred for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    pub groups: Vec<PermGroup>,
+    /// Caveats of an inferred spec a user should read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl PermutationSpec {
+    /// An empty spec.
+    pub fn new(architecture: Option<String>, groups: Vec<PermGroup>) -> Self {
+        Self {
+            format: SPEC_FORMAT.into(),
+            architecture,
+            groups,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Reads a spec file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let spec: PermutationSpec = serde_json::from_str(&text).map_err(|e| Error::Spec {
+            path: Some(path.to_path_buf()),
+            reason: format!("not a valid spec: {e}"),
+        })?;
+        if spec.format != SPEC_FORMAT {
+            return Err(Error::Spec {
+                path: Some(path.to_path_buf()),
+                reason: format!("unknown format `{}` (expected `{SPEC_FORMAT}`)", spec.format),
+            });
+        }
+        Ok(spec)
+    }
+
+    /// Keeps only the groups whose kind (or name) is in `kinds`.
+    pub fn select(&mut self, kinds: &[String]) -> Result<()> {
+        let known: HashSet<&str> = self.groups.iter().filter_map(|g| g.kind.as_deref()).collect();
+        for k in kinds {
+            if !known.contains(k.as_str()) && !self.groups.iter().any(|g| &g.name == k) {
+                let mut names: Vec<&str> = known.into_iter().collect();
+                names.sort();
+                return Err(Error::Spec {
+                    path: None,
+                    reason: format!("no group of kind `{k}` (this spec has: {})", names.join(", ")),
+                });
+            }
+        }
+        self.groups
+            .retain(|g| kinds.iter().any(|k| g.kind.as_deref() == Some(k.as_str()) || &g.name == k));
+        Ok(())
+    }
+
+    /// Checks the spec against a checkpoint: every tensor exists and is a
+    /// float tensor, axes are in range, each member's span fits its axis.
+    pub fn validate(&self, ckpt: &Checkpoint) -> Result<()> {
+        let fail = |reason: String| Error::Spec { path: None, reason };
+        let mut names = HashSet::new();
+        for g in &self.groups {
+            if !names.insert(g.name.as_str()) {
+                return Err(fail(format!("group `{}` is defined twice", g.name)));
+            }
+            if g.size == 0 {
+                return Err(fail(format!("group `{}` has size 0", g.name)));
+            }
+            if g.members.is_empty() {
+                return Err(fail(format!("group `{}` has no members", g.name)));
+            }
+            for m in &g.members {
+                let t = ckpt.get(&m.tensor).ok_or_else(|| {
+                    fail(format!(
+                        "group `{}`: tensor `{}` is not in `{}`",
+                        g.name,
+                        m.tensor,
+                        ckpt.source().display()
+                    ))
+                })?;
+                if !dtype::is_float(t.dtype) {
+                    return Err(fail(format!(
+                        "group `{}`: tensor `{}` is {:?}; only float tensors can be permuted",
+                        g.name, m.tensor, t.dtype
+                    )));
+                }
+                if m.axis >= t.shape.len() {
+                    return Err(fail(format!(
+                        "group `{}`: tensor `{}` has {} axes, axis {} is out of range",
+                        g.name,
+                        m.tensor,
+                        t.shape.len(),
+                        m.axis
+                    )));
+                }
+                if m.block == 0 || m.repeat == 0 {
+                    return Err(fail(format!(
+                        "group `{}`: tensor `{}`: block and repeat must be at least 1",
+                        g.name, m.tensor
+                    )));
+                }
+                let len = t.shape[m.axis];
+                if m.start + m.span(g.size) > len {
+                    return Err(fail(format!(
+                        "group `{}` has {} units but tensor `{}` axis {} has length {len} (start {}, block {}, repeat {} need {})",
+                        g.name,
+                        g.size,
+                        m.tensor,
+                        m.axis,
+                        m.start,
+                        m.block,
+                        m.repeat,
+                        m.start + m.span(g.size)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds per-tensor index maps from one permutation per group.
+    /// `skip` leaves one group out (identity), as weight matching needs.
+    pub fn model_permutation(
+        &self,
+        shape_of: &dyn Fn(&str) -> Result<Vec<usize>>,
+        perms: &[Vec<usize>],
+        skip: Option<usize>,
+    ) -> Result<ModelPermutation> {
+        let mut out: HashMap<String, TensorPermutation> = HashMap::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            if Some(gi) == skip {
+                continue;
+            }
+            let p = &perms[gi];
+            for m in &g.members {
+                let shape = shape_of(&m.tensor)?;
+                let tp = out
+                    .entry(m.tensor.clone())
+                    .or_insert_with(|| TensorPermutation {
+                        axes: vec![None; shape.len()],
+                    });
+                let len = shape[m.axis];
+                let map = tp.axes[m.axis].get_or_insert_with(|| (0..len).collect());
+                // new_map[pos] = old_map[m_g(pos)]
+                let old = map.clone();
+                for r in 0..m.repeat {
+                    for (u, &pu) in p.iter().enumerate() {
+                        for i in 0..m.block {
+                            map[m.position(g.size, r, u, i)] = old[m.position(g.size, r, pu, i)];
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ModelPermutation { tensors: out })
+    }
+}
+
+/// Saved permutations: one per group, by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PermFile {
+    pub format: String,
+    pub groups: BTreeMap<String, Vec<usize>>,
+    /// The spec the permutations belong to (so `permute` needs no `--spec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<PermutationSpec>,
+}
+
+impl PermFile {
+    /// Reads a permutation file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let f: PermFile = serde_json::from_str(&text).map_err(|e| Error::Perm {
+            path: path.to_path_buf(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        if f.format != PERM_FORMAT {
+            return Err(Error::Perm {
+                path: path.to_path_buf(),
+                reason: format!("unknown format `{}` (expected `{PERM_FORMAT}`)", f.format),
+            });
+        }
+        Ok(f)
+    }
+
+    /// Orders the saved permutations as `spec`'s groups, checking sizes.
+    /// Groups of the spec missing from the file stay identity.
+    pub fn perms_for(&self, spec: &PermutationSpec, path: &Path) -> Result<Vec<Vec<usize>>> {
+        let fail = |reason: String| Error::Perm {
+            path: path.to_path_buf(),
+            reason,
+        };
+        for name in self.groups.keys() {
+            if !spec.groups.iter().any(|g| &g.name == name) {
+                return Err(fail(format!("group `{name}` is not in the permutation spec")));
+            }
+        }
+        spec.groups
+            .iter()
+            .map(|g| match self.groups.get(&g.name) {
+                None => Ok((0..g.size).collect()),
+                Some(p) if p.len() != g.size => Err(fail(format!(
+                    "group `{}` has {} entries, the spec says {} units",
+                    g.name,
+                    p.len(),
+                    g.size
+                ))),
+                Some(p) if !is_permutation(p) => {
+                    Err(fail(format!("group `{}` is not a permutation of 0..{}", g.name, g.size)))
+                }
+                Some(p) => Ok(p.clone()),
+            })
+            .collect()
+    }
+}
