@@ -189,7 +189,10 @@ pub fn objective(a: &dyn WeightSource, b: &dyn WeightSource, names: &[String]) -
         .map(|n| {
             let x = a.read(n)?;
             let y = b.read(n)?;
-            Ok(x.iter().zip(&y).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>())
+            Ok(x.iter()
+                .zip(&y)
+                .map(|(p, q)| *p as f64 * *q as f64)
+                .sum::<f64>())
         })
         .try_reduce(|| 0.0, |p, q| Ok(p + q))
 }
@@ -226,7 +229,14 @@ pub fn weight_matching(
         )));
     }
     let initial = model_permutation(spec, b, &perms, None)?;
-    let objective_before = objective(a, &Permuted { source: b, perm: &initial }, &names)?;
+    let objective_before = objective(
+        a,
+        &Permuted {
+            source: b,
+            perm: &initial,
+        },
+        &names,
+    )?;
     let mut reports: Vec<GroupReport> = spec
         .groups
         .iter()
@@ -255,7 +265,15 @@ pub fn weight_matching(
             let n = group.size;
             let t0 = Instant::now();
             let others = model_permutation(spec, b, &perms, Some(g))?;
-            let s = similarity_matrix(spec, g, a, &Permuted { source: b, perm: &others })?;
+            let s = similarity_matrix(
+                spec,
+                g,
+                a,
+                &Permuted {
+                    source: b,
+                    perm: &others,
+                },
+            )?;
             let t1 = Instant::now();
             let old: f64 = (0..n).map(|i| s[i * n + perms[g][i]]).sum();
             let sol = assignment::maximize(&s, n, Some(&perms[g]), &group.name)?;
@@ -283,10 +301,21 @@ pub fn weight_matching(
     }
     for (r, p) in reports.iter_mut().zip(&perms) {
         let moved = p.iter().enumerate().filter(|(i, j)| i != *j).count();
-        r.churn = if p.is_empty() { 0.0 } else { moved as f64 / p.len() as f64 };
+        r.churn = if p.is_empty() {
+            0.0
+        } else {
+            moved as f64 / p.len() as f64
+        };
     }
     let final_perm = model_permutation(spec, b, &perms, None)?;
-    let objective_after = objective(a, &Permuted { source: b, perm: &final_perm }, &names)?;
+    let objective_after = objective(
+        a,
+        &Permuted {
+            source: b,
+            perm: &final_perm,
+        },
+        &names,
+    )?;
     Ok(Alignment {
         perms,
         objective_before,
@@ -300,7 +329,12 @@ pub fn weight_matching(
 
 /// The `n × n` similarity matrix of group `g` between `a` and `b` (b with the
 /// other groups' permutations already applied).
-pub fn similarity_matrix(spec: &PermutationSpec, g: usize, a: &dyn WeightSource, b: &dyn WeightSource) -> Result<Vec<f64>> {
+pub fn similarity_matrix(
+    spec: &PermutationSpec,
+    g: usize,
+    a: &dyn WeightSource,
+    b: &dyn WeightSource,
+) -> Result<Vec<f64>> {
     let group = &spec.groups[g];
     let n = group.size;
     let mut s = vec![0.0f64; n * n];
@@ -349,9 +383,14 @@ pub fn merge_many(
                 .collect::<Result<_>>()?;
             let views: Vec<Permuted> = (0..k)
                 .filter(|&j| j != i)
-                .map(|j| Permuted { source: models[j], perm: &maps[j] })
+                .map(|j| Permuted {
+                    source: models[j],
+                    perm: &maps[j],
+                })
                 .collect();
-            let target = Mean { sources: views.iter().map(|v| v as &dyn WeightSource).collect() };
+            let target = Mean {
+                sources: views.iter().map(|v| v as &dyn WeightSource).collect(),
+            };
             let sub = AlignOptions {
                 seed: rng.next(),
                 max_iter: opts.max_iter,
@@ -362,7 +401,11 @@ pub fn merge_many(
                 changed = true;
                 perms[i] = r.perms;
             }
-            progress(&format!("round {rounds} model {}: objective {:.6e}", i + 1, r.objective_after));
+            progress(&format!(
+                "round {rounds} model {}: objective {:.6e}",
+                i + 1,
+                r.objective_after
+            ));
         }
         if !changed {
             break;

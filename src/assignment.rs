@@ -6,9 +6,17 @@ pub struct Assignment {
     pub score: f64,
 }
 
-pub fn maximize(scores: &[f64], n: usize, _warm: Option<&[usize]>, group: &str) -> Result<Assignment> {
+pub fn maximize(
+    scores: &[f64],
+    n: usize,
+    _warm: Option<&[usize]>,
+    group: &str,
+) -> Result<Assignment> {
     if scores.iter().any(|x| !x.is_finite()) {
-        return Err(Error::Assignment { group: group.into(), reason: "non-finite".into() });
+        return Err(Error::Assignment {
+            group: group.into(),
+            reason: "non-finite".into(),
+        });
     }
     // shortest augmenting path (minimise -s)
     let c = |i: usize, j: usize| -scores[i * n + j];
@@ -29,25 +37,44 @@ pub fn maximize(scores: &[f64], n: usize, _warm: Option<&[usize]>, group: &str) 
             for j in 1..=n {
                 if !used[j] {
                     let cur = c(i0 - 1, j - 1) - u[i0] - v[j];
-                    if cur < minv[j] { minv[j] = cur; way[j] = j0; }
-                    if minv[j] < delta { delta = minv[j]; j1 = j; }
+                    if cur < minv[j] {
+                        minv[j] = cur;
+                        way[j] = j0;
+                    }
+                    if minv[j] < delta {
+                        delta = minv[j];
+                        j1 = j;
+                    }
                 }
             }
             for j in 0..=n {
-                if used[j] { u[p[j]] += delta; v[j] -= delta; } else { minv[j] -= delta; }
+                if used[j] {
+                    u[p[j]] += delta;
+                    v[j] -= delta;
+                } else {
+                    minv[j] -= delta;
+                }
             }
             j0 = j1;
-            if p[j0] == 0 { break; }
+            if p[j0] == 0 {
+                break;
+            }
         }
         loop {
             let j1 = way[j0];
             p[j0] = p[j1];
             j0 = j1;
-            if j0 == 0 { break; }
+            if j0 == 0 {
+                break;
+            }
         }
     }
     let mut perm = vec![0; n];
-    for j in 1..=n { if p[j] > 0 { perm[p[j] - 1] = j - 1; } }
+    for j in 1..=n {
+        if p[j] > 0 {
+            perm[p[j] - 1] = j - 1;
+        }
+    }
     let score = (0..n).map(|i| scores[i * n + perm[i]]).sum();
     Ok(Assignment { perm, score })
 }

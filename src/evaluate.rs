@@ -41,16 +41,35 @@ impl Dataset {
         let yt = ckpt.require("y")?;
         let bytes = ckpt.bytes(yt);
         let y: Vec<i64> = match yt.dtype {
-            safetensors::Dtype::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
-            safetensors::Dtype::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
-            other => return Err(Error::tensor(path, "y", format!("labels must be I64 or I32, found {other:?}"))),
+            safetensors::Dtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            safetensors::Dtype::I32 => bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                .collect(),
+            other => {
+                return Err(Error::tensor(
+                    path,
+                    "y",
+                    format!("labels must be I64 or I32, found {other:?}"),
+                ));
+            }
         };
         if y.len() != x.nrows() {
-            return Err(Error::tensor(path, "y", format!("has {} labels for {} rows of `x`", y.len(), x.nrows())));
+            return Err(Error::tensor(
+                path,
+                "y",
+                format!("has {} labels for {} rows of `x`", y.len(), x.nrows()),
+            ));
         }
         let y = y
             .into_iter()
-            .map(|v| usize::try_from(v).map_err(|_| Error::tensor(path, "y", format!("negative label {v}"))))
+            .map(|v| {
+                usize::try_from(v)
+                    .map_err(|_| Error::tensor(path, "y", format!("negative label {v}")))
+            })
             .collect::<Result<_>>()?;
         Ok(Self { x, y })
     }
@@ -75,27 +94,45 @@ impl MlpLayout {
     /// name order and checks they chain.
     pub fn infer(src: &dyn WeightSource) -> Result<Self> {
         let names = src.float_names();
-        let mut weights: Vec<String> = names.iter().filter(|n| n.ends_with(".weight") || *n == "weight").cloned().collect();
+        let mut weights: Vec<String> = names
+            .iter()
+            .filter(|n| n.ends_with(".weight") || *n == "weight")
+            .cloned()
+            .collect();
         weights.sort_by(|a, b| natural_cmp(a, b));
         let mut layers = Vec::new();
         let mut prev_out: Option<usize> = None;
         for w in weights {
             let shape = src.shape(&w)?;
             if shape.len() != 2 {
-                return Err(Error::Invalid(format!("tensor `{w}` is not a Linear weight [out, in]; the evaluator handles Linear/ReLU chains only")));
+                return Err(Error::Invalid(format!(
+                    "tensor `{w}` is not a Linear weight [out, in]; the evaluator handles Linear/ReLU chains only"
+                )));
             }
             if let Some(p) = prev_out {
                 if shape[1] != p {
-                    return Err(Error::Invalid(format!("tensor `{w}` has {} inputs but the previous layer has {p} outputs", shape[1])));
+                    return Err(Error::Invalid(format!(
+                        "tensor `{w}` has {} inputs but the previous layer has {p} outputs",
+                        shape[1]
+                    )));
                 }
             }
             prev_out = Some(shape[0]);
-            let bias = w.strip_suffix("weight").map(|p| format!("{p}bias")).filter(|b| names.contains(b));
+            let bias = w
+                .strip_suffix("weight")
+                .map(|p| format!("{p}bias"))
+                .filter(|b| names.contains(b));
             layers.push((w, bias));
         }
-        let used: usize = layers.iter().map(|(_, b)| 1 + usize::from(b.is_some())).sum();
+        let used: usize = layers
+            .iter()
+            .map(|(_, b)| 1 + usize::from(b.is_some()))
+            .sum();
         if layers.is_empty() || used != names.len() {
-            return Err(Error::Invalid("not a Linear/ReLU chain: found tensors other than Linear weights and biases".into()));
+            return Err(Error::Invalid(
+                "not a Linear/ReLU chain: found tensors other than Linear weights and biases"
+                    .into(),
+            ));
         }
         Ok(Self { layers })
     }
@@ -108,10 +145,16 @@ pub struct InMemory {
 
 impl WeightSource for InMemory {
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        self.tensors.get(name).map(|t| t.0.clone()).ok_or_else(|| Error::Invalid(format!("no tensor `{name}`")))
+        self.tensors
+            .get(name)
+            .map(|t| t.0.clone())
+            .ok_or_else(|| Error::Invalid(format!("no tensor `{name}`")))
     }
     fn read(&self, name: &str) -> Result<Vec<f32>> {
-        self.tensors.get(name).map(|t| t.1.clone()).ok_or_else(|| Error::Invalid(format!("no tensor `{name}`")))
+        self.tensors
+            .get(name)
+            .map(|t| t.1.clone())
+            .ok_or_else(|| Error::Invalid(format!("no tensor `{name}`")))
     }
     fn float_names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
@@ -126,7 +169,11 @@ pub fn interpolate(a: &dyn WeightSource, b: &dyn WeightSource, alpha: f32) -> Re
         .map(|n| {
             let x = a.read(&n)?;
             let y = b.read(&n)?;
-            let v = x.iter().zip(&y).map(|(p, q)| (1.0 - alpha) * p + alpha * q).collect();
+            let v = x
+                .iter()
+                .zip(&y)
+                .map(|(p, q)| (1.0 - alpha) * p + alpha * q)
+                .collect();
             Ok((n.clone(), (a.shape(&n)?, v)))
         })
         .collect::<Result<HashMap<_, _>>>()?;
@@ -134,15 +181,24 @@ pub fn interpolate(a: &dyn WeightSource, b: &dyn WeightSource, alpha: f32) -> Re
 }
 
 /// Mean cross-entropy and accuracy of the MLP `model` on `data`.
-pub fn evaluate(model: &dyn WeightSource, layout: &MlpLayout, data: &Dataset) -> Result<Evaluation> {
+pub fn evaluate(
+    model: &dyn WeightSource,
+    layout: &MlpLayout,
+    data: &Dataset,
+) -> Result<Evaluation> {
     let mut h = data.x.clone();
     for (k, (w, b)) in layout.layers.iter().enumerate() {
         let shape = model.shape(w)?;
         if k == 0 && shape[1] != h.ncols() {
-            return Err(Error::Invalid(format!("`{w}` expects {} inputs but the data has {} features", shape[1], h.ncols())));
+            return Err(Error::Invalid(format!(
+                "`{w}` expects {} inputs but the data has {} features",
+                shape[1],
+                h.ncols()
+            )));
         }
         let wv = model.read(w)?;
-        let wm = ArrayView2::from_shape((shape[0], shape[1]), &wv).map_err(|e| Error::Invalid(e.to_string()))?;
+        let wm = ArrayView2::from_shape((shape[0], shape[1]), &wv)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let mut z = h.dot(&wm.t());
         if let Some(b) = b {
             let bv = model.read(b)?;
@@ -160,12 +216,21 @@ pub fn evaluate(model: &dyn WeightSource, layout: &MlpLayout, data: &Dataset) ->
     let mut correct = 0usize;
     for (row, &y) in h.axis_iter(Axis(0)).zip(&data.y) {
         if y >= classes {
-            return Err(Error::Invalid(format!("label {y} out of range for {classes} outputs")));
+            return Err(Error::Invalid(format!(
+                "label {y} out of range for {classes} outputs"
+            )));
         }
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
         let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
         loss += lse - row[y] as f64;
-        let argmax = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc }).0;
+        let argmax = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+            )
+            .0;
         correct += usize::from(argmax == y);
     }
     let n = data.y.len().max(1) as f64;
@@ -194,7 +259,12 @@ pub struct Barrier {
 }
 
 /// Measures the loss barrier between two MLPs on `data`.
-pub fn barrier(a: &dyn WeightSource, b: &dyn WeightSource, data: &Dataset, steps: usize) -> Result<Barrier> {
+pub fn barrier(
+    a: &dyn WeightSource,
+    b: &dyn WeightSource,
+    data: &Dataset,
+    steps: usize,
+) -> Result<Barrier> {
     if steps < 2 {
         return Err(Error::Invalid("--steps must be at least 2".into()));
     }
@@ -209,7 +279,11 @@ pub fn barrier(a: &dyn WeightSource, b: &dyn WeightSource, data: &Dataset, steps
         } else {
             evaluate(&interpolate(a, b, alpha as f32)?, &layout, data)?
         };
-        path.push(PathPoint { alpha, loss: e.loss, accuracy: e.accuracy });
+        path.push(PathPoint {
+            alpha,
+            loss: e.loss,
+            accuracy: e.accuracy,
+        });
     }
     let (la, lb) = (path[0].loss, path[steps - 1].loss);
     let (mut best, mut at) = (f64::NEG_INFINITY, 0.0);
@@ -220,5 +294,9 @@ pub fn barrier(a: &dyn WeightSource, b: &dyn WeightSource, data: &Dataset, steps
             at = p.alpha;
         }
     }
-    Ok(Barrier { path, barrier: best, alpha_max: at })
+    Ok(Barrier {
+        path,
+        barrier: best,
+        alpha_max: at,
+    })
 }

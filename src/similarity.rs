@@ -53,7 +53,14 @@ fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) 
 
 /// Copies a tensor viewed as `[pre, axis_len, post]` into `[n, L]`, row `u`
 /// holding every element whose axis position belongs to unit `u`.
-fn unit_major(x: &[f32], pre: usize, axis_len: usize, post: usize, m: &AxisMember, n: usize) -> Array2<f32> {
+fn unit_major(
+    x: &[f32],
+    pre: usize,
+    axis_len: usize,
+    post: usize,
+    m: &AxisMember,
+    n: usize,
+) -> Array2<f32> {
     let width = pre * m.repeat * m.block * post;
     let mut out = Array2::<f32>::zeros((n, width));
     for u in 0..n {
@@ -87,21 +94,36 @@ mod tests {
     #[test]
     fn rows_of_a_weight_matrix_give_row_dot_products() {
         // A = [[1 2] [3 4]], B = [[1 0] [0 1]]: S[i][j] = <A_i, B_j>.
-        let s = gram(&[1., 2., 3., 4.], &[1., 0., 0., 1.], &[2, 2], &AxisMember::plain("w", 0), 2);
+        let s = gram(
+            &[1., 2., 3., 4.],
+            &[1., 0., 0., 1.],
+            &[2, 2],
+            &AxisMember::plain("w", 0),
+            2,
+        );
         assert_eq!(s, vec![1., 2., 3., 4.]);
     }
 
     #[test]
     fn columns_of_a_weight_matrix_give_column_dot_products() {
         // columns of A: (1,3), (2,4); of B: (1,0), (0,1): S = [[1 3] [2 4]].
-        let s = gram(&[1., 2., 3., 4.], &[1., 0., 0., 1.], &[2, 2], &AxisMember::plain("w", 1), 2);
+        let s = gram(
+            &[1., 2., 3., 4.],
+            &[1., 0., 0., 1.],
+            &[2, 2],
+            &AxisMember::plain("w", 1),
+            2,
+        );
         assert_eq!(s, vec![1., 3., 2., 4.]);
     }
 
     #[test]
     fn blocked_units_sum_over_their_whole_block() {
         // A vector of 4 as 2 units of block 2: units (1,2) and (3,4); B = A.
-        let m = AxisMember { block: 2, ..AxisMember::plain("v", 0) };
+        let m = AxisMember {
+            block: 2,
+            ..AxisMember::plain("v", 0)
+        };
         let a = [1., 2., 3., 4.];
         let s = gram(&a, &a, &[4], &m, 2);
         // (1·1+2·2, 1·3+2·4; 3·1+4·2, 3·3+4·4)
@@ -112,7 +134,10 @@ mod tests {
     fn repeated_units_on_a_middle_axis_use_the_general_copy() {
         // shape [2, 4, 1]: axis 1 holds repeat 2 × 2 units; unit u collects
         // positions u and 2+u of both rows.
-        let m = AxisMember { repeat: 2, ..AxisMember::plain("t", 1) };
+        let m = AxisMember {
+            repeat: 2,
+            ..AxisMember::plain("t", 1)
+        };
         let a: Vec<f32> = (1..=8).map(|x| x as f32).collect();
         let ones = vec![1.0f32; 8];
         let s = gram(&a, &ones, &[2, 4, 1], &m, 2);

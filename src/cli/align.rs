@@ -15,7 +15,7 @@ use polymerge::permute::ModelPermutation;
 use polymerge::spec::{self, PERM_FORMAT, PermFile, PermutationSpec};
 use serde_json::json;
 
-use super::args::{AlignArgs, MatchArgs, PermuteArgs, SpecArgs};
+use super::args::{AlignArgs, BarrierArgs, MatchArgs, PermuteArgs, SpecArgs};
 use super::avg::{merge, summarize};
 use super::output::warn;
 
@@ -55,7 +55,9 @@ fn spinner(quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new_spinner();
-    pb.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+    );
     pb.enable_steady_tick(Duration::from_millis(200));
     pb
 }
@@ -84,8 +86,15 @@ pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
     let ca = Checkpoint::open(&a.a)?;
     let cb = Checkpoint::open(&a.b)?;
     // Same tensors and shapes, or a clear error naming the difference.
-    average::plan(&[MergeInput::plain(&ca), MergeInput::plain(&cb)], &MergeOptions::uniform(2))?;
-    let spec = resolve_spec(a.matching.spec.as_deref(), a.matching.groups.as_deref(), &[&ca, &cb])?;
+    average::plan(
+        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
+        &MergeOptions::uniform(2),
+    )?;
+    let spec = resolve_spec(
+        a.matching.spec.as_deref(),
+        a.matching.groups.as_deref(),
+        &[&ca, &cb],
+    )?;
     let init = match &a.init_perm {
         Some(p) => Some(PermFile::load(p)?.perms_for(&spec, p)?),
         None => None,
@@ -126,7 +135,13 @@ pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
 
 /// Human report of an alignment on stderr.
 pub fn print_alignment(r: &Alignment) {
-    let width = r.groups.iter().map(|g| g.name.len()).max().unwrap_or(5).max(5);
+    let width = r
+        .groups
+        .iter()
+        .map(|g| g.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     eprintln!(
         "{:<width$}  {:>6}  {:>13}  {:>13}  {:>7}  {:>6}",
         "group", "units", "score before", "score after", "churn", "time"
@@ -152,7 +167,11 @@ pub fn print_alignment(r: &Alignment) {
         r.objective_before,
         r.objective_after,
         r.sweeps,
-        if r.converged { "" } else { " (not converged: raise --max-iter)" },
+        if r.converged {
+            ""
+        } else {
+            " (not converged: raise --max-iter)"
+        },
         r.seconds
     );
 }
@@ -167,7 +186,13 @@ fn write_permuted(
         checkpoint: ckpt,
         permutation: Some(perm),
     };
-    merge(&[input], &MergeOptions::uniform(1), out, description, "writing")
+    merge(
+        &[input],
+        &MergeOptions::uniform(1),
+        out,
+        description,
+        "writing",
+    )
 }
 
 fn save_perm(path: &Path, spec: &PermutationSpec, perms: &[Vec<usize>]) -> anyhow::Result<()> {
@@ -229,19 +254,24 @@ pub fn align_inputs(
                     eprintln!("aligned input {} to input 1:", i + 1);
                     print_alignment(&r);
                 }
-                out.push(Some(alignment::model_permutation(&spec, c, &r.perms, None)?));
+                out.push(Some(alignment::model_permutation(
+                    &spec, c, &r.perms, None,
+                )?));
             }
             Ok(out)
         }
         super::args::AlignMode::Many => {
-            let sources: Vec<&dyn WeightSource> = ckpts.iter().map(|c| c as &dyn WeightSource).collect();
+            let sources: Vec<&dyn WeightSource> =
+                ckpts.iter().map(|c| c as &dyn WeightSource).collect();
             let opts = AlignOptions {
                 seed: m.seed,
                 max_iter: m.max_iter,
                 init: None,
             };
             let pb = spinner(quiet);
-            let r = alignment::merge_many(&spec, &sources, &opts, &|msg| pb.set_message(msg.to_string()));
+            let r = alignment::merge_many(&spec, &sources, &opts, &|msg| {
+                pb.set_message(msg.to_string())
+            });
             pb.finish_and_clear();
             let r = r?;
             if !quiet {
@@ -254,4 +284,64 @@ pub fn align_inputs(
                 .collect()
         }
     }
+}
+
+pub fn barrier(a: BarrierArgs) -> anyhow::Result<ExitCode> {
+    let ca = Checkpoint::open(&a.a)?;
+    let cb = Checkpoint::open(&a.b)?;
+    average::plan(
+        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
+        &MergeOptions::uniform(2),
+    )?;
+    let data = polymerge::evaluate::Dataset::load(&a.data)?;
+    let mut aligned = None;
+    let perm = if a.align {
+        let spec = resolve_spec(
+            a.matching.spec.as_deref(),
+            a.matching.groups.as_deref(),
+            &[&ca, &cb],
+        )?;
+        let r = match_pair(&spec, &ca, &cb, &a.matching, None, a.json)?;
+        let p = alignment::model_permutation(&spec, &cb, &r.perms, None)?;
+        aligned = Some(r);
+        p
+    } else {
+        ModelPermutation::default()
+    };
+    let b = alignment::Permuted {
+        source: &cb,
+        perm: &perm,
+    };
+    let r = polymerge::evaluate::barrier(&ca, &b, &data, a.steps)?;
+    if a.json {
+        let j = json!({
+            "a": a.a.display().to_string(),
+            "b": a.b.display().to_string(),
+            "data": a.data.display().to_string(),
+            "aligned": a.align,
+            "objective_before": aligned.as_ref().map(|r| r.objective_before),
+            "objective_after": aligned.as_ref().map(|r| r.objective_after),
+            "barrier": r.barrier,
+            "alpha_max": r.alpha_max,
+            "path": r.path,
+        });
+        println!("{j}");
+    } else {
+        println!("{:>6}  {:>10}  {:>8}", "alpha", "loss", "accuracy");
+        for p in &r.path {
+            println!(
+                "{:>6.2}  {:>10.6}  {:>7.2}%",
+                p.alpha,
+                p.loss,
+                p.accuracy * 100.0
+            );
+        }
+        println!(
+            "barrier {:.6} at alpha {:.2}{}",
+            r.barrier,
+            r.alpha_max,
+            if a.align { " (B aligned to A)" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

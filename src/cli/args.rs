@@ -35,14 +35,45 @@ pub enum Command {
     )]
     Avg(AvgArgs),
     /// Print the permutation spec polymerge infers for a checkpoint (JSON).
-    #[command(after_help = "Examples:\n  polymerge spec model.safetensors > spec.json\n  polymerge align a.safetensors b.safetensors --spec spec.json -o b_aligned.safetensors")]
+    #[command(
+        after_help = "Examples:\n  polymerge spec model.safetensors > spec.json\n  polymerge align a.safetensors b.safetensors --spec spec.json -o b_aligned.safetensors"
+    )]
     Spec(SpecArgs),
     /// Permute B's hidden units into A's order by weight matching (Git Re-Basin).
-    #[command(after_help = "Examples:\n  polymerge align a.safetensors b.safetensors -o b_aligned.safetensors --save-perm perm.json\n  polymerge align a/ b/ -o b_aligned/ --spec spec.json --json\n\nThe output computes exactly the same function as B.")]
+    #[command(
+        after_help = "Examples:\n  polymerge align a.safetensors b.safetensors -o b_aligned.safetensors --save-perm perm.json\n  polymerge align a/ b/ -o b_aligned/ --spec spec.json --json\n\nThe output computes exactly the same function as B."
+    )]
     Align(AlignArgs),
     /// Apply saved permutations (from `align --save-perm`) to a checkpoint.
-    #[command(after_help = "Examples:\n  polymerge permute b_ema.safetensors --perm perm.json -o b_ema_aligned.safetensors")]
+    #[command(
+        after_help = "Examples:\n  polymerge permute b_ema.safetensors --perm perm.json -o b_ema_aligned.safetensors"
+    )]
     Permute(PermuteArgs),
+    /// Loss and accuracy along the interpolation path between two MLPs (Linear/ReLU chains) on a data file, and the loss barrier.
+    #[command(
+        after_help = "Examples:\n  polymerge barrier a.safetensors b.safetensors --data test.safetensors\n  polymerge barrier a.safetensors b.safetensors --data test.safetensors --align --json\n\nThe data file is safetensors with `x` (float [N, D]) and `y` (int labels [N]).\nbarrier = max over alpha of L((1-alpha)A + alpha B) - ((1-alpha) L(A) + alpha L(B))."
+    )]
+    Barrier(BarrierArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BarrierArgs {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// Data file: safetensors with `x` [N, D] and `y` [N].
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Points on the path, including both ends.
+    #[arg(long, default_value_t = 11)]
+    pub steps: usize,
+    /// Align B to A (weight matching) before interpolating.
+    #[arg(long)]
+    pub align: bool,
+    #[command(flatten)]
+    pub matching: MatchArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of weight matching, shared by `align` and `avg --align`.

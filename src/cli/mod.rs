@@ -26,5 +26,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Spec(a) => align::spec(a),
         args::Command::Align(a) => align::align(a),
         args::Command::Permute(a) => align::permute(a),
+        args::Command::Barrier(a) => align::barrier(a),
     }
 }

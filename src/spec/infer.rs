@@ -48,7 +48,10 @@ enum Role {
     /// Linear ([out, in]) or Conv ([out, in, k…]).
     Layer { out: usize, inp: usize, conv: bool },
     /// A per-channel vector layer (BatchNorm / LayerNorm / GroupNorm ...).
-    Norm { channels: usize, running_stats: bool },
+    Norm {
+        channels: usize,
+        running_stats: bool,
+    },
 }
 
 fn role(m: &Module) -> Option<Role> {
@@ -96,8 +99,14 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
             (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
                 let nx = x.iter().take_while(|c| c.is_ascii_digit()).count();
                 let ny = y.iter().take_while(|c| c.is_ascii_digit()).count();
-                let vx: u128 = std::str::from_utf8(&x[..nx]).unwrap_or("0").parse().unwrap_or(u128::MAX);
-                let vy: u128 = std::str::from_utf8(&y[..ny]).unwrap_or("0").parse().unwrap_or(u128::MAX);
+                let vx: u128 = std::str::from_utf8(&x[..nx])
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(u128::MAX);
+                let vy: u128 = std::str::from_utf8(&y[..ny])
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(u128::MAX);
                 match vx.cmp(&vy) {
                     Ordering::Equal => {
                         x = &x[nx..];
@@ -124,7 +133,14 @@ fn stem_number(prefix: &str) -> (String, String) {
         Some(i) => (&prefix[..=i], &prefix[i + 1..]),
         None => ("", prefix),
     };
-    let digits: String = last.chars().rev().take_while(|c| c.is_ascii_digit()).collect::<Vec<_>>().into_iter().rev().collect();
+    let digits: String = last
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     (parent.to_string(), digits)
 }
 
@@ -152,28 +168,48 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
     for (_, m) in modules {
         match role(&m) {
             Some(r) => mods.push((m, r)),
-            None => unknown.push(m.params.keys().map(|k| format!("{}.{k}", m.prefix)).collect::<Vec<_>>().join(", ")),
+            None => unknown.push(
+                m.params
+                    .keys()
+                    .map(|k| format!("{}.{k}", m.prefix))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
         }
     }
     if !unknown.is_empty() {
         return Err(ambiguous(
             ckpt,
-            format!("tensors that are neither Linear/Conv layers nor per-channel norms: {}", unknown.join("; ")),
+            format!(
+                "tensors that are neither Linear/Conv layers nor per-channel norms: {}",
+                unknown.join("; ")
+            ),
         ));
     }
     mods.sort_by(|a, b| natural_cmp(&a.0.prefix, &b.0.prefix));
-    let layers: Vec<usize> = (0..mods.len()).filter(|&i| matches!(mods[i].1, Role::Layer { .. })).collect();
+    let layers: Vec<usize> = (0..mods.len())
+        .filter(|&i| matches!(mods[i].1, Role::Layer { .. }))
+        .collect();
     if layers.len() < 2 {
         return Err(ambiguous(
             ckpt,
-            format!("found {} Linear/Conv layer(s); a chain needs at least 2 to have hidden units", layers.len()),
+            format!(
+                "found {} Linear/Conv layer(s); a chain needs at least 2 to have hidden units",
+                layers.len()
+            ),
         ));
     }
     // Attach each norm to the layer whose outputs it normalises.
     let mut norms_of: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut notes = Vec::new();
     for i in 0..mods.len() {
-        let Role::Norm { channels, running_stats } = mods[i].1 else { continue };
+        let Role::Norm {
+            channels,
+            running_stats,
+        } = mods[i].1
+        else {
+            continue;
+        };
         let before = layers.iter().rev().find(|&&l| l < i).copied();
         let by_name = {
             let (parent, num) = stem_number(&mods[i].0.prefix);
@@ -188,7 +224,10 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
             _ => {
                 return Err(ambiguous(
                     ckpt,
-                    format!("cannot tell which layer the norm `{}` ({channels} channels) follows", mods[i].0.prefix),
+                    format!(
+                        "cannot tell which layer the norm `{}` ({channels} channels) follows",
+                        mods[i].0.prefix
+                    ),
                 ));
             }
         };
@@ -203,8 +242,17 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
     let mut groups = Vec::new();
     for w in layers.windows(2) {
         let (k, next) = (w[0], w[1]);
-        let Role::Layer { out, conv, .. } = mods[k].1 else { unreachable!() };
-        let Role::Layer { inp, conv: next_conv, .. } = mods[next].1 else { unreachable!() };
+        let Role::Layer { out, conv, .. } = mods[k].1 else {
+            unreachable!()
+        };
+        let Role::Layer {
+            inp,
+            conv: next_conv,
+            ..
+        } = mods[next].1
+        else {
+            unreachable!()
+        };
         let block = if inp == out {
             1
         } else if conv && !next_conv && out > 0 && inp % out == 0 {
@@ -238,8 +286,13 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
             members,
         });
     }
-    let any_conv = layers.iter().any(|&l| matches!(mods[l].1, Role::Layer { conv: true, .. }));
-    let mut spec = PermutationSpec::new(Some(if any_conv { "cnn-chain" } else { "mlp-chain" }.into()), groups);
+    let any_conv = layers
+        .iter()
+        .any(|&l| matches!(mods[l].1, Role::Layer { conv: true, .. }));
+    let mut spec = PermutationSpec::new(
+        Some(if any_conv { "cnn-chain" } else { "mlp-chain" }.into()),
+        groups,
+    );
     spec.notes = notes;
     Ok(spec)
 }
@@ -258,7 +311,10 @@ mod tests {
 
     #[test]
     fn a_norm_is_paired_with_the_layer_of_the_same_number() {
-        assert_eq!(stem_number("features.bn1"), ("features.".into(), "1".into()));
+        assert_eq!(
+            stem_number("features.bn1"),
+            ("features.".into(), "1".into())
+        );
         assert_eq!(stem_number("conv12"), ("".into(), "12".into()));
     }
 
@@ -266,9 +322,20 @@ mod tests {
     fn a_linear_layer_with_a_matching_bias_is_a_layer() {
         let m = Module {
             prefix: "fc1".into(),
-            params: [("weight".to_string(), vec![4, 3]), ("bias".to_string(), vec![4])].into(),
+            params: [
+                ("weight".to_string(), vec![4, 3]),
+                ("bias".to_string(), vec![4]),
+            ]
+            .into(),
         };
-        assert_eq!(role(&m), Some(Role::Layer { out: 4, inp: 3, conv: false }));
+        assert_eq!(
+            role(&m),
+            Some(Role::Layer {
+                out: 4,
+                inp: 3,
+                conv: false
+            })
+        );
     }
 
     #[test]
@@ -280,6 +347,12 @@ mod tests {
                 .map(|k| (k.to_string(), vec![8]))
                 .collect(),
         };
-        assert_eq!(role(&m), Some(Role::Norm { channels: 8, running_stats: true }));
+        assert_eq!(
+            role(&m),
+            Some(Role::Norm {
+                channels: 8,
+                running_stats: true
+            })
+        );
     }
 }

@@ -131,7 +131,10 @@ impl PermutationSpec {
         if spec.format != SPEC_FORMAT {
             return Err(Error::Spec {
                 path: Some(path.to_path_buf()),
-                reason: format!("unknown format `{}` (expected `{SPEC_FORMAT}`)", spec.format),
+                reason: format!(
+                    "unknown format `{}` (expected `{SPEC_FORMAT}`)",
+                    spec.format
+                ),
             });
         }
         Ok(spec)
@@ -139,19 +142,29 @@ impl PermutationSpec {
 
     /// Keeps only the groups whose kind (or name) is in `kinds`.
     pub fn select(&mut self, kinds: &[String]) -> Result<()> {
-        let known: HashSet<&str> = self.groups.iter().filter_map(|g| g.kind.as_deref()).collect();
+        let known: HashSet<&str> = self
+            .groups
+            .iter()
+            .filter_map(|g| g.kind.as_deref())
+            .collect();
         for k in kinds {
             if !known.contains(k.as_str()) && !self.groups.iter().any(|g| &g.name == k) {
                 let mut names: Vec<&str> = known.into_iter().collect();
                 names.sort();
                 return Err(Error::Spec {
                     path: None,
-                    reason: format!("no group of kind `{k}` (this spec has: {})", names.join(", ")),
+                    reason: format!(
+                        "no group of kind `{k}` (this spec has: {})",
+                        names.join(", ")
+                    ),
                 });
             }
         }
-        self.groups
-            .retain(|g| kinds.iter().any(|k| g.kind.as_deref() == Some(k.as_str()) || &g.name == k));
+        self.groups.retain(|g| {
+            kinds
+                .iter()
+                .any(|k| g.kind.as_deref() == Some(k.as_str()) || &g.name == k)
+        });
         Ok(())
     }
 
@@ -293,7 +306,9 @@ impl PermFile {
         };
         for name in self.groups.keys() {
             if !spec.groups.iter().any(|g| &g.name == name) {
-                return Err(fail(format!("group `{name}` is not in the permutation spec")));
+                return Err(fail(format!(
+                    "group `{name}` is not in the permutation spec"
+                )));
             }
         }
         spec.groups
@@ -306,9 +321,10 @@ impl PermFile {
                     p.len(),
                     g.size
                 ))),
-                Some(p) if !is_permutation(p) => {
-                    Err(fail(format!("group `{}` is not a permutation of 0..{}", g.name, g.size)))
-                }
+                Some(p) if !is_permutation(p) => Err(fail(format!(
+                    "group `{}` is not a permutation of 0..{}",
+                    g.name, g.size
+                ))),
                 Some(p) => Ok(p.clone()),
             })
             .collect()
