@@ -1,1 +1,3 @@
-pub mod x {}
+pub mod ema;
+pub mod error;
+pub use error::{Error, Result};
