@@ -1,14 +1,19 @@
 //! polymerge: permutation-aware merging of neural-network checkpoints.
 //!
 //! The library is the pipeline, one module per stage of the data flow:
-//! [`checkpoint`] (memory-mapped safetensors input) → [`permute`] (applying
-//! unit permutations) → [`average`] (streaming weighted average) →
-//! [`write`] (atomic, streaming output).
+//! [`checkpoint`] (memory-mapped safetensors input) → [`spec`] (permutation
+//! groups) → [`similarity`] (per-group score matrices) → [`assignment`]
+//! (exact linear assignment) → [`alignment`] (weight matching) → [`permute`]
+//! (applying unit permutations) → [`average`] (streaming weighted average,
+//! with [`ema`] weights for trajectories) → [`write`] (atomic, streaming
+//! output). [`evaluate`] measures loss barriers of MLPs on data; [`stats`]
+//! summarises tensors.
 
 pub mod alignment;
 pub mod assignment;
 pub mod average;
 pub mod checkpoint;
+pub mod ema;
 pub mod error;
 pub mod evaluate;
 pub mod permute;
