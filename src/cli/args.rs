@@ -54,6 +54,70 @@ pub enum Command {
         after_help = "Examples:\n  polymerge barrier a.safetensors b.safetensors --data test.safetensors\n  polymerge barrier a.safetensors b.safetensors --data test.safetensors --align --json\n\nThe data file is safetensors with `x` (float [N, D]) and `y` (int labels [N]).\nbarrier = max over alpha of L((1-alpha)A + alpha B) - ((1-alpha) L(A) + alpha L(B))."
     )]
     Barrier(BarrierArgs),
+    /// Offline EMA (or power-function EMA, or window mean) of a checkpoint trajectory.
+    #[command(
+        after_help = "Examples:\n  polymerge ema ckpts/checkpoint-*.safetensors --half-life 2000 -o ema.safetensors\n  polymerge ema run/step-*/ --power 6.94 --print-weights -o ema/\n  polymerge ema a.safetensors b.safetensors c.safetensors --steps 100,200,400 --decay 0.999 --dry-run\n\nWeights: checkpoint k (steps sorted) gets (1-b^D_k) * prod_{j>k} b^D_j, the first one initialises the average.\nSteps come from --steps, file names (step-1000, checkpoint-1000, global_step1000, epoch_012 ...) or a `step` metadata key."
+    )]
+    Ema(EmaArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EmaArgs {
+    /// Checkpoints of one trajectory (any order; sorted by step).
+    #[arg(required = true, num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
+    /// EMA decay per training step (beta).
+    #[arg(long)]
+    pub decay: Option<f64>,
+    /// EMA half-life in training steps.
+    #[arg(long)]
+    pub half_life: Option<f64>,
+    /// Soft-update rate tau = 1 - beta (RL naming).
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Power-function EMA exponent gamma (Karras et al. 2024, EDM2).
+    #[arg(long)]
+    pub power: Option<f64>,
+    /// Power-function EMA by relative width sigma_rel (EDM2).
+    #[arg(long)]
+    pub sigma_rel: Option<f64>,
+    /// Uniform mean of the last K checkpoints (LAWA / SWA style).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Decay warm-up schedule: rational ((1+t)/(10+t)) or inv-gamma (1-(1+t/g)^-p).
+    #[arg(long)]
+    pub warmup: Option<String>,
+    /// inv_gamma of the inv-gamma warm-up (default 1).
+    #[arg(long)]
+    pub warmup_inv_gamma: Option<f64>,
+    /// power of the inv-gamma warm-up (default 2/3).
+    #[arg(long)]
+    pub warmup_power: Option<f64>,
+    /// Training step of each input, comma-separated, in the order given.
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// Accumulation precision: f32 (default) or f64 (very long trajectories).
+    #[arg(long, default_value = "f32")]
+    pub accum: String,
+    /// Output dtype for float tensors: f32, f16, bf16 (default: first input's).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Print every checkpoint's step and effective weight (stderr; in the JSON with --json).
+    #[arg(long)]
+    pub print_weights: bool,
+    /// Only compute and print the weights; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Make NaN/Inf values in the inputs an error instead of a warning.
+    #[arg(long)]
+    pub strict: bool,
+    /// Align every checkpoint to the first input (weight matching) before averaging.
+    #[arg(long)]
+    pub align: bool,
+    #[command(flatten)]
+    pub matching: MatchArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@
 mod align;
 mod args;
 mod avg;
+mod ema;
 mod inspect;
 mod output;
 
@@ -27,5 +28,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Align(a) => align::align(a),
         args::Command::Permute(a) => align::permute(a),
         args::Command::Barrier(a) => align::barrier(a),
+        args::Command::Ema(a) => ema::run(a),
     }
 }
