@@ -109,13 +109,13 @@ impl MlpLayout {
                     "tensor `{w}` is not a Linear weight [out, in]; the evaluator handles Linear/ReLU chains only"
                 )));
             }
-            if let Some(p) = prev_out {
-                if shape[1] != p {
-                    return Err(Error::Invalid(format!(
-                        "tensor `{w}` has {} inputs but the previous layer has {p} outputs",
-                        shape[1]
-                    )));
-                }
+            if let Some(p) = prev_out
+                && shape[1] != p
+            {
+                return Err(Error::Invalid(format!(
+                    "tensor `{w}` has {} inputs but the previous layer has {p} outputs",
+                    shape[1]
+                )));
             }
             prev_out = Some(shape[0]);
             let bias = w

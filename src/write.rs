@@ -177,13 +177,13 @@ impl CheckpointWriter {
                 reason: "already exists (use --force to overwrite)".into(),
             });
         }
-        if let OutputLayout::File(_) = layout {
-            if target.is_dir() {
-                return Err(Error::Output {
-                    path: target,
-                    reason: "is a directory; a .safetensors output must be a file".into(),
-                });
-            }
+        if let OutputLayout::File(_) = layout
+            && target.is_dir()
+        {
+            return Err(Error::Output {
+                path: target,
+                reason: "is a directory; a .safetensors output must be a file".into(),
+            });
         }
         let parent = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

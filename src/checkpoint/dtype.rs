@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn decoding_works_on_unaligned_bytes() {
-        let mut buf = vec![0u8; 9];
+        let mut buf = [0u8; 9];
         buf[1..5].copy_from_slice(&1.5f32.to_le_bytes());
         buf[5..9].copy_from_slice(&(-0.25f32).to_le_bytes());
         let mut out = [0f32; 2];

@@ -199,10 +199,10 @@ impl Checkpoint {
         for (shard_idx, file) in files.iter().enumerate() {
             let mapped = MappedFile::open(file)?;
             let (header_len, parsed) = parse_header(file, mapped.bytes())?;
-            if shard_idx == 0 {
-                if let Some(m) = parsed.metadata() {
-                    metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                }
+            if shard_idx == 0
+                && let Some(m) = parsed.metadata()
+            {
+                metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             }
             let data_start = 8 + header_len;
             let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =

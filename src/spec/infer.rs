@@ -57,12 +57,12 @@ enum Role {
 fn role(m: &Module) -> Option<Role> {
     let w = m.params.get("weight")?;
     match w.len() {
-        2 | 3 | 4 | 5 => {
+        2..=5 => {
             let out = w[0];
-            if let Some(b) = m.params.get("bias") {
-                if b != &vec![out] {
-                    return None;
-                }
+            if let Some(b) = m.params.get("bias")
+                && b != &vec![out]
+            {
+                return None;
             }
             if m.params.keys().any(|k| k != "weight" && k != "bias") {
                 return None;
