@@ -9,7 +9,9 @@ use assert_cmd::Command;
 use serde_json::Value;
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
 }
 
 fn fx(rel: &str) -> String {
@@ -24,7 +26,10 @@ fn polymerge() -> Command {
 fn tensor_bytes(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let buf = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().to_vec()))
+        .collect()
 }
 
 fn json_out(cmd: &mut Command) -> Value {
@@ -55,13 +60,17 @@ fn align_recovers_a_permuted_mlp_bit_for_bit() {
         path_str(&perm),
         "--json",
     ]));
-    assert_eq!(tensor_bytes(&out), tensor_bytes(&fixture("mlp/run_seed0.safetensors")));
+    assert_eq!(
+        tensor_bytes(&out),
+        tensor_bytes(&fixture("mlp/run_seed0.safetensors"))
+    );
     assert!(j["objective_after"].as_f64().unwrap() > j["objective_before"].as_f64().unwrap());
     assert!(j["sweeps"].as_u64().unwrap() >= 1);
     // The fixture permuted with p (permuted = original[p]); undoing it is argsort(p).
-    let fixture_perm: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("mlp/run_seed0_permuted.perm.json")).unwrap())
-            .unwrap();
+    let fixture_perm: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("mlp/run_seed0_permuted.perm.json")).unwrap(),
+    )
+    .unwrap();
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&perm).unwrap()).unwrap();
     for g in ["fc1", "fc2"] {
         let p: Vec<usize> = serde_json::from_value(fixture_perm["groups"][g].clone()).unwrap();
@@ -77,11 +86,18 @@ fn align_recovers_a_permuted_cnn_with_batchnorm_and_flatten_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("aligned.safetensors");
     polymerge()
-        .args(["align", &fx("cnn/cnn.safetensors"), &fx("cnn/cnn_permuted.safetensors")])
+        .args([
+            "align",
+            &fx("cnn/cnn.safetensors"),
+            &fx("cnn/cnn_permuted.safetensors"),
+        ])
         .args(["-o", path_str(&out), "--quiet"])
         .assert()
         .success();
-    assert_eq!(tensor_bytes(&out), tensor_bytes(&fixture("cnn/cnn.safetensors")));
+    assert_eq!(
+        tensor_bytes(&out),
+        tensor_bytes(&fixture("cnn/cnn.safetensors"))
+    );
 }
 
 #[test]
@@ -114,17 +130,35 @@ fn permute_applies_a_saved_permutation_to_another_checkpoint_of_the_run() {
     let aligned = dir.path().join("aligned.safetensors");
     let perm = dir.path().join("perm.json");
     polymerge()
-        .args(["align", &fx("cnn/cnn.safetensors"), &fx("cnn/cnn_permuted.safetensors")])
-        .args(["-o", path_str(&aligned), "--save-perm", path_str(&perm), "--quiet"])
+        .args([
+            "align",
+            &fx("cnn/cnn.safetensors"),
+            &fx("cnn/cnn_permuted.safetensors"),
+        ])
+        .args([
+            "-o",
+            path_str(&aligned),
+            "--save-perm",
+            path_str(&perm),
+            "--quiet",
+        ])
         .assert()
         .success();
     let again = dir.path().join("again.safetensors");
     polymerge()
-        .args(["permute", &fx("cnn/cnn_permuted.safetensors"), "--perm", path_str(&perm)])
+        .args([
+            "permute",
+            &fx("cnn/cnn_permuted.safetensors"),
+            "--perm",
+            path_str(&perm),
+        ])
         .args(["-o", path_str(&again), "--quiet"])
         .assert()
         .success();
-    assert_eq!(tensor_bytes(&again), tensor_bytes(&fixture("cnn/cnn.safetensors")));
+    assert_eq!(
+        tensor_bytes(&again),
+        tensor_bytes(&fixture("cnn/cnn.safetensors"))
+    );
 }
 
 #[test]
@@ -148,8 +182,13 @@ fn the_objective_after_alignment_matches_the_numpy_scipy_reference_within_half_a
         let before = wm["objective_before"].as_f64().unwrap();
         let reference = wm["objective_after"].as_f64().unwrap();
         let ours = j["objective_after"].as_f64().unwrap();
-        assert!((j["objective_before"].as_f64().unwrap() - before).abs() < 1e-6 * before.abs().max(1.0));
-        assert!((ours - reference).abs() <= 0.005 * reference.abs(), "{pair}: {ours} vs {reference}");
+        assert!(
+            (j["objective_before"].as_f64().unwrap() - before).abs() < 1e-6 * before.abs().max(1.0)
+        );
+        assert!(
+            (ours - reference).abs() <= 0.005 * reference.abs(),
+            "{pair}: {ours} vs {reference}"
+        );
     }
 }
 
@@ -171,8 +210,12 @@ fn barrier(a: &str, b: &str, align: bool) -> Value {
 
 #[test]
 fn aligning_independent_seeds_removes_at_least_80_percent_of_the_loss_barrier() {
-    let naive = barrier("run_seed0", "run_seed1", false)["barrier"].as_f64().unwrap();
-    let aligned = barrier("run_seed0", "run_seed1", true)["barrier"].as_f64().unwrap();
+    let naive = barrier("run_seed0", "run_seed1", false)["barrier"]
+        .as_f64()
+        .unwrap();
+    let aligned = barrier("run_seed0", "run_seed1", true)["barrier"]
+        .as_f64()
+        .unwrap();
     assert!(naive > 0.1, "naive barrier {naive}");
     assert!(aligned < 0.2 * naive, "aligned {aligned} vs naive {naive}");
 }
@@ -181,7 +224,8 @@ fn aligning_independent_seeds_removes_at_least_80_percent_of_the_loss_barrier() 
 fn the_evaluator_reproduces_the_pytorch_losses_along_the_naive_path() {
     let r = reference();
     let torch: Vec<f64> =
-        serde_json::from_value(r["pairs"]["seed0__seed1"]["naive"]["test"]["loss"].clone()).unwrap();
+        serde_json::from_value(r["pairs"]["seed0__seed1"]["naive"]["test"]["loss"].clone())
+            .unwrap();
     let ours = barrier("run_seed0", "run_seed1", false);
     let path = ours["path"].as_array().unwrap();
     assert_eq!(path.len(), torch.len());
@@ -203,7 +247,10 @@ fn evaluate(model: &Path) -> (f64, f64) {
         "2",
         "--json",
     ]));
-    (j["path"][0]["loss"].as_f64().unwrap(), j["path"][0]["accuracy"].as_f64().unwrap())
+    (
+        j["path"][0]["loss"].as_f64().unwrap(),
+        j["path"][0]["accuracy"].as_f64().unwrap(),
+    )
 }
 
 #[test]
@@ -211,9 +258,26 @@ fn avg_align_gives_a_midpoint_with_far_lower_loss_than_the_naive_midpoint() {
     let dir = tempfile::tempdir().unwrap();
     let naive = dir.path().join("naive.safetensors");
     let aligned = dir.path().join("aligned.safetensors");
-    let (a, b) = (fx("mlp/run_seed0.safetensors"), fx("mlp/run_seed1.safetensors"));
-    polymerge().args(["avg", &a, &b, "-o", path_str(&naive), "--quiet"]).assert().success();
-    polymerge().args(["avg", &a, &b, "--align", "-o", path_str(&aligned), "--quiet"]).assert().success();
+    let (a, b) = (
+        fx("mlp/run_seed0.safetensors"),
+        fx("mlp/run_seed1.safetensors"),
+    );
+    polymerge()
+        .args(["avg", &a, &b, "-o", path_str(&naive), "--quiet"])
+        .assert()
+        .success();
+    polymerge()
+        .args([
+            "avg",
+            &a,
+            &b,
+            "--align",
+            "-o",
+            path_str(&aligned),
+            "--quiet",
+        ])
+        .assert()
+        .success();
     let (ln, la) = (evaluate(&naive).0, evaluate(&aligned).0);
     assert!(la < 0.5 * ln, "aligned midpoint loss {la} vs naive {ln}");
 }
@@ -227,17 +291,26 @@ fn merge_many_aligns_three_seeds_into_an_accurate_soup() {
     for s in 0..3 {
         cmd.arg(fixture(&format!("mlp/run_seed{s}.safetensors")));
     }
-    cmd.args(["--align=many", "-o", path_str(&out), "--quiet"]).assert().success();
+    cmd.args(["--align=many", "-o", path_str(&out), "--quiet"])
+        .assert()
+        .success();
     let naive = dir.path().join("naive.safetensors");
     let mut cmd = polymerge();
     cmd.arg("avg");
     for s in 0..3 {
         cmd.arg(fixture(&format!("mlp/run_seed{s}.safetensors")));
     }
-    cmd.args(["-o", path_str(&naive), "--quiet"]).assert().success();
+    cmd.args(["-o", path_str(&naive), "--quiet"])
+        .assert()
+        .success();
     let (soup, plain) = (evaluate(&out), evaluate(&naive));
     assert!(soup.1 > 0.9, "MergeMany soup accuracy {}", soup.1);
-    assert!(soup.0 < plain.0, "MergeMany loss {} vs naive {}", soup.0, plain.0);
+    assert!(
+        soup.0 < plain.0,
+        "MergeMany loss {} vs naive {}",
+        soup.0,
+        plain.0
+    );
 }
 
 fn align_with_spec_fails_with(spec: &str, needle: &str) {
@@ -246,7 +319,11 @@ fn align_with_spec_fails_with(spec: &str, needle: &str) {
     std::fs::write(&s, spec).unwrap();
     let out = dir.path().join("x.safetensors");
     let a = polymerge()
-        .args(["align", &fx("mlp/run_seed0.safetensors"), &fx("mlp/run_seed1.safetensors")])
+        .args([
+            "align",
+            &fx("mlp/run_seed0.safetensors"),
+            &fx("mlp/run_seed1.safetensors"),
+        ])
         .args(["-o", path_str(&out), "--spec", path_str(&s)])
         .assert()
         .code(1);
@@ -287,7 +364,10 @@ fn a_spec_in_an_unknown_format_is_refused() {
 
 #[test]
 fn a_checkpoint_that_is_not_a_layer_chain_asks_for_a_spec() {
-    let a = polymerge().args(["spec", &fx("io/a_f32.safetensors")]).assert().code(1);
+    let a = polymerge()
+        .args(["spec", &fx("io/a_f32.safetensors")])
+        .assert()
+        .code(1);
     let err = String::from_utf8(a.get_output().stderr.clone()).unwrap();
     assert!(err.contains("--spec"), "{err}");
 }
@@ -296,12 +376,24 @@ fn a_checkpoint_that_is_not_a_layer_chain_asks_for_a_spec() {
 fn a_permutation_file_for_the_wrong_group_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let perm = dir.path().join("p.json");
-    std::fs::write(&perm, r#"{"format":"polymerge-perm/1","groups":{"fc1":[1,0]}}"#).unwrap();
+    std::fs::write(
+        &perm,
+        r#"{"format":"polymerge-perm/1","groups":{"fc1":[1,0]}}"#,
+    )
+    .unwrap();
     let a = polymerge()
-        .args(["permute", &fx("mlp/run_seed0.safetensors"), "--perm", path_str(&perm)])
+        .args([
+            "permute",
+            &fx("mlp/run_seed0.safetensors"),
+            "--perm",
+            path_str(&perm),
+        ])
         .args(["-o", path_str(&dir.path().join("x.safetensors"))])
         .assert()
         .code(1);
     let err = String::from_utf8(a.get_output().stderr.clone()).unwrap();
-    assert!(err.contains("group `fc1` has 2 entries, the spec says 512 units"), "{err}");
+    assert!(
+        err.contains("group `fc1` has 2 entries, the spec says 512 units"),
+        "{err}"
+    );
 }
