@@ -207,7 +207,12 @@ impl Checkpoint {
             let data_start = 8 + header_len;
             let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
                 parsed.tensors().into_iter().collect();
-            infos.sort_by_key(|(_, i)| i.data_offsets);
+            // Zero-size tensors can share an offset: break ties by name, so
+            // that the order (and every output header built from it) does
+            // not depend on hash-map iteration order.
+            infos.sort_by(|(na, a), (nb, b)| {
+                a.data_offsets.cmp(&b.data_offsets).then_with(|| na.cmp(nb))
+            });
             for (name, info) in infos {
                 if let Some(&prev) = by_name.get(&name) {
                     let other: &TensorInfo = &tensors[prev];
