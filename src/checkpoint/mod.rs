@@ -98,7 +98,15 @@ impl Checkpoint {
             };
         }
         if path.to_string_lossy().ends_with(".json") {
-            let dir = path.parent().map(Path::to_path_buf);
+            // A bare `model.safetensors.index.json` has the parent "": that
+            // is the current directory.
+            let dir = path.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                }
+            });
             return Self::open_index(path, path, dir);
         }
         Self::open_files(path, vec![path.to_path_buf()], None)
