@@ -479,7 +479,9 @@ fn replace(temp: &Path, target: &Path) -> Result<()> {
 /// directory or file there (only reached with `--force`).
 fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
     if target.exists() {
-        let old = staging.with_extension("old");
+        // `.NAME.polymerge-tmp-PID` → `.NAME.polymerge-old-PID`: a name of
+        // our own, never a user's `.NAME.old` (which would be deleted below).
+        let old = staging.with_extension(format!("polymerge-old-{}", std::process::id()));
         let _ = fs::remove_dir_all(&old);
         fs::rename(target, &old).map_err(|e| Error::io(target, e))?;
         if let Err(e) = fs::rename(staging, target) {
