@@ -20,7 +20,10 @@ fn polymerge() -> Command {
 }
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("fixtures/ema/reference.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(root().join("fixtures/ema/reference.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 /// Float tensors of a file as f64, read with the `safetensors` crate.
@@ -32,10 +35,14 @@ fn floats(path: &Path) -> BTreeMap<String, Vec<f64>> {
         .map(|(n, v)| {
             let d = v.data();
             let vals = match v.dtype() {
-                safetensors::Dtype::F32 => {
-                    d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-                }
-                safetensors::Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+                safetensors::Dtype::F32 => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                safetensors::Dtype::F64 => d
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
                 other => panic!("unexpected dtype {other:?}"),
             };
             (n, vals)
@@ -52,7 +59,10 @@ fn flags(cli: &str) -> Vec<String> {
     words[start..end].iter().map(|s| s.to_string()).collect()
 }
 
-fn run_case(case: &Value, extra: &[&str]) -> (BTreeMap<String, Vec<f64>>, BTreeMap<String, Vec<f64>>) {
+fn run_case(
+    case: &Value,
+    extra: &[&str],
+) -> (BTreeMap<String, Vec<f64>>, BTreeMap<String, Vec<f64>>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ema.safetensors");
     let inputs: Vec<String> = serde_json::from_value(case["inputs"].clone()).unwrap();
@@ -64,7 +74,10 @@ fn run_case(case: &Value, extra: &[&str]) -> (BTreeMap<String, Vec<f64>>, BTreeM
         .args(["-o", out.to_str().unwrap(), "--quiet"])
         .assert()
         .success();
-    (floats(&out), floats(&root().join(case["file"].as_str().unwrap())))
+    (
+        floats(&out),
+        floats(&root().join(case["file"].as_str().unwrap())),
+    )
 }
 
 #[test]
@@ -74,10 +87,17 @@ fn every_reference_ema_is_reproduced_to_one_part_in_a_million_with_f64_accumulat
     assert!(cases.len() >= 6);
     for case in cases {
         let (ours, expected) = run_case(case, &["--accum", "f64"]);
-        assert_eq!(ours.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        );
         for (name, exp) in &expected {
             for (o, e) in ours[name].iter().zip(exp) {
-                assert!((o - e).abs() <= 1e-6 * e.abs(), "{}: {name}: {o} vs {e}", case["file"]);
+                assert!(
+                    (o - e).abs() <= 1e-6 * e.abs(),
+                    "{}: {name}: {o} vs {e}",
+                    case["file"]
+                );
             }
         }
     }
@@ -91,7 +111,11 @@ fn f32_accumulation_stays_within_f32_rounding_of_the_reference() {
         for (name, exp) in &expected {
             let scale = exp.iter().fold(0.0f64, |m, x| m.max(x.abs()));
             for (o, e) in ours[name].iter().zip(exp) {
-                assert!((o - e).abs() <= 1e-6 * scale, "{}: {name}: {o} vs {e}", case["file"]);
+                assert!(
+                    (o - e).abs() <= 1e-6 * scale,
+                    "{}: {name}: {o} vs {e}",
+                    case["file"]
+                );
             }
         }
     }
@@ -107,7 +131,12 @@ fn dry_run_prints_the_reference_weights_in_step_order_and_writes_nothing() {
             .arg("ema")
             .args(inputs.iter().rev()) // order on the command line does not matter
             .args(flags(case["cli"].as_str().unwrap()))
-            .args(["--dry-run", "--json", "-o", dir.path().join("x.safetensors").to_str().unwrap()])
+            .args([
+                "--dry-run",
+                "--json",
+                "-o",
+                dir.path().join("x.safetensors").to_str().unwrap(),
+            ])
             .assert()
             .success()
             .get_output()
@@ -129,7 +158,11 @@ fn dry_run_prints_the_reference_weights_in_step_order_and_writes_nothing() {
 #[test]
 fn ema_without_a_profile_is_refused() {
     let a = polymerge()
-        .args(["ema", "fixtures/mlp/traj/checkpoint-20.safetensors", "fixtures/mlp/traj/checkpoint-40.safetensors"])
+        .args([
+            "ema",
+            "fixtures/mlp/traj/checkpoint-20.safetensors",
+            "fixtures/mlp/traj/checkpoint-40.safetensors",
+        ])
         .assert()
         .code(1);
     let err = String::from_utf8(a.get_output().stderr.clone()).unwrap();
@@ -139,7 +172,11 @@ fn ema_without_a_profile_is_refused() {
 #[test]
 fn two_profiles_at_once_are_refused() {
     polymerge()
-        .args(["ema", "fixtures/mlp/traj/checkpoint-20.safetensors", "fixtures/mlp/traj/checkpoint-40.safetensors"])
+        .args([
+            "ema",
+            "fixtures/mlp/traj/checkpoint-20.safetensors",
+            "fixtures/mlp/traj/checkpoint-40.safetensors",
+        ])
         .args(["--decay", "0.9", "--window", "2", "--dry-run"])
         .assert()
         .code(1);
@@ -148,13 +185,27 @@ fn two_profiles_at_once_are_refused() {
 #[test]
 fn a_checkpoint_without_a_discoverable_step_needs_explicit_steps() {
     let a = polymerge()
-        .args(["ema", "fixtures/io/a_f32.safetensors", "fixtures/io/b_f32.safetensors", "--decay", "0.9", "--dry-run"])
+        .args([
+            "ema",
+            "fixtures/io/a_f32.safetensors",
+            "fixtures/io/b_f32.safetensors",
+            "--decay",
+            "0.9",
+            "--dry-run",
+        ])
         .assert()
         .code(1);
     let err = String::from_utf8(a.get_output().stderr.clone()).unwrap();
     assert!(err.contains("--steps"), "{err}");
     polymerge()
-        .args(["ema", "fixtures/io/a_f32.safetensors", "fixtures/io/b_f32.safetensors", "--decay", "0.9", "--dry-run"])
+        .args([
+            "ema",
+            "fixtures/io/a_f32.safetensors",
+            "fixtures/io/b_f32.safetensors",
+            "--decay",
+            "0.9",
+            "--dry-run",
+        ])
         .args(["--steps", "10,20"])
         .assert()
         .success();
@@ -165,7 +216,11 @@ fn a_window_of_one_reproduces_the_last_checkpoint_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("w.safetensors");
     polymerge()
-        .args(["ema", "fixtures/mlp/traj/checkpoint-380.safetensors", "fixtures/mlp/traj/checkpoint-400.safetensors"])
+        .args([
+            "ema",
+            "fixtures/mlp/traj/checkpoint-380.safetensors",
+            "fixtures/mlp/traj/checkpoint-400.safetensors",
+        ])
         .args(["--window", "1", "-o", out.to_str().unwrap(), "--quiet"])
         .assert()
         .success();
