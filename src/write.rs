@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use safetensors::Dtype;
 use serde_json::{Map, Value, json};
 
-use crate::checkpoint::{INDEX_FILE, MODEL_FILE, dtype};
+use crate::checkpoint::{INDEX_FILE, MODEL_FILE};
 use crate::error::{Error, Result};
 
 /// Default largest shard of a directory output: 5 GB, the default of
@@ -523,12 +523,6 @@ fn output_error(target: &Path, at: &Path, e: std::io::Error) -> Error {
         path: target.to_path_buf(),
         reason,
     }
-}
-
-/// Bytes per element of a planned float output dtype (re-exported for the
-/// averaging stage).
-pub fn element_size(d: Dtype) -> usize {
-    dtype::size_of(d)
 }
 
 #[cfg(test)]

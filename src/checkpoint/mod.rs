@@ -233,9 +233,6 @@ impl Checkpoint {
                         ),
                     });
                 }
-                if info.dtype.bitsize() % 8 != 0 {
-                    // Sub-byte dtypes are passed through whole; nothing to check here.
-                }
                 by_name.insert(name.clone(), tensors.len());
                 tensors.push(TensorInfo {
                     name,
