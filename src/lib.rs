@@ -1,1 +1,3 @@
-pub mod x {}
+pub mod error;
+pub mod assignment;
+pub use error::{Error, Result};
