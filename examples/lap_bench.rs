@@ -130,16 +130,10 @@ fn run() -> Result<(), String> {
         .map(f64::from_le_bytes)
         .collect();
     if scores.len() != n * n {
-        return Err(format!(
-            "{path}: {} values, expected {n}×{n}",
-            scores.len()
-        ));
+        return Err(format!("{path}: {} values, expected {n}×{n}", scores.len()));
     }
     let (seconds, cpu, perm, extra) = if kuhn_munkres {
-        let ints: Vec<i64> = scores
-            .iter()
-            .map(|&s| (s * scale).round() as i64)
-            .collect();
+        let ints: Vec<i64> = scores.iter().map(|&s| (s * scale).round() as i64).collect();
         let (seconds, cpu, perm) = timed(repeat, || {
             let weights = pathfinding::matrix::Matrix::from_vec(n, n, ints.clone())
                 .map_err(|e| format!("{e:?}"))?;

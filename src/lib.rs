@@ -1,3 +1,3 @@
-pub mod error;
 pub mod assignment;
+pub mod error;
 pub use error::{Error, Result};
