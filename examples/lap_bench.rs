@@ -1,7 +1,8 @@
 //! Times the solve of one dense assignment problem read from a file.
 //!
 //! ```text
-//! lap_bench MATRIX.bin N [--warm PERM.bin] [--repeat R] [--kuhn-munkres [--scale S]]
+//! lap_bench MATRIX.bin N [--warm PERM.bin] [--repeat R] [--min-time SECONDS]
+//!           [--kuhn-munkres [--scale S]]
 //! ```
 //!
 //! `MATRIX.bin` holds `N*N` little-endian `f64` scores, row-major. The
@@ -14,12 +15,12 @@
 //! {"n":..,"seconds":..,"cpu_seconds":..,"score":.., <solver counters>}
 //! ```
 //!
-//! `seconds` is the wall time of the solve alone (reading the file is not
-//! timed) and `cpu_seconds` the CPU time of the solving thread (from
-//! `/proc/thread-self/schedstat`, `null` elsewhere), which other processes
-//! competing for the cores disturb less. With `--repeat R` the solve runs R
-//! times and the smallest times are printed. `score` is Σ s[i, perm[i]] of
-//! the permutation found, in `f64`. `--warm PERM.bin` passes `N`
+//! The solve runs at least R times (default 1) and until SECONDS have
+//! passed (default 0). `seconds` is the smallest wall time of one solve
+//! (reading the file is not timed) and `cpu_seconds` the mean CPU time of
+//! the solving thread per solve (from `/proc/thread-self/schedstat`, `null`
+//! elsewhere), which other processes competing for the cores disturb less.
+//! `score` is Σ s[i, perm[i]] of the permutation found, in `f64`. `--warm PERM.bin` passes `N`
 //! little-endian `u64` column indices as the warm-start hint.
 
 use std::process::ExitCode;
@@ -27,8 +28,8 @@ use std::time::Instant;
 
 use polymerge::assignment::{SolveStats, maximize_with_stats};
 
-const USAGE: &str =
-    "usage: lap_bench MATRIX.bin N [--warm PERM.bin] [--repeat R] [--kuhn-munkres [--scale S]]";
+const USAGE: &str = "usage: lap_bench MATRIX.bin N [--warm PERM.bin] [--repeat R] \
+                     [--min-time SECONDS] [--kuhn-munkres [--scale S]]";
 
 fn read_words(path: &str) -> Result<Vec<[u8; 8]>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
@@ -51,29 +52,30 @@ fn thread_cpu_seconds() -> Option<f64> {
     Some(ns * 1e-9)
 }
 
-/// Runs `solve` `repeat` times; returns the smallest wall and CPU times and
-/// the last result.
+/// Runs `solve` at least `repeat` times and until `min_time` seconds have
+/// passed; returns the smallest wall time, the mean CPU time per solve and
+/// the last result. (The CPU clock advances in scheduler ticks, hence the
+/// mean over a long enough run rather than a minimum.)
 fn timed<T>(
     repeat: usize,
+    min_time: f64,
     mut solve: impl FnMut() -> Result<T, String>,
 ) -> Result<(f64, Option<f64>, T), String> {
     let mut best_wall = f64::INFINITY;
-    let mut best_cpu: Option<f64> = None;
+    let mut runs = 0usize;
+    let cpu0 = thread_cpu_seconds();
+    let start = Instant::now();
     let mut last = None;
-    for _ in 0..repeat.max(1) {
-        let cpu0 = thread_cpu_seconds();
-        let start = Instant::now();
-        let out = solve()?;
-        let wall = start.elapsed().as_secs_f64();
-        let cpu = cpu0.zip(thread_cpu_seconds()).map(|(a, b)| b - a);
-        best_wall = best_wall.min(wall);
-        best_cpu = match (best_cpu, cpu) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        last = Some(out);
+    while runs < repeat.max(1) || start.elapsed().as_secs_f64() < min_time {
+        let t0 = Instant::now();
+        last = Some(solve()?);
+        best_wall = best_wall.min(t0.elapsed().as_secs_f64());
+        runs += 1;
     }
-    Ok((best_wall, best_cpu, last.expect("at least one run")))
+    let cpu = cpu0
+        .zip(thread_cpu_seconds())
+        .map(|(a, b)| (b - a) / runs as f64);
+    Ok((best_wall, cpu, last.expect("at least one run")))
 }
 
 fn stats_json(st: &SolveStats) -> String {
@@ -100,6 +102,7 @@ fn run() -> Result<(), String> {
     let mut kuhn_munkres = false;
     let mut scale = 1e6;
     let mut repeat = 1usize;
+    let mut min_time = 0.0f64;
     let mut rest = args[2..].iter();
     while let Some(flag) = rest.next() {
         let mut value = || rest.next().ok_or(USAGE.to_string());
@@ -122,6 +125,10 @@ fn run() -> Result<(), String> {
                 let r = value()?;
                 repeat = r.parse().map_err(|_| format!("bad repeat count `{r}`"))?;
             }
+            "--min-time" => {
+                let t = value()?;
+                min_time = t.parse().map_err(|_| format!("bad time `{t}`"))?;
+            }
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
@@ -134,14 +141,14 @@ fn run() -> Result<(), String> {
     }
     let (seconds, cpu, perm, extra) = if kuhn_munkres {
         let ints: Vec<i64> = scores.iter().map(|&s| (s * scale).round() as i64).collect();
-        let (seconds, cpu, perm) = timed(repeat, || {
+        let (seconds, cpu, perm) = timed(repeat, min_time, || {
             let weights = pathfinding::matrix::Matrix::from_vec(n, n, ints.clone())
                 .map_err(|e| format!("{e:?}"))?;
             Ok(pathfinding::kuhn_munkres::kuhn_munkres(&weights).1)
         })?;
         (seconds, cpu, perm, String::new())
     } else {
-        let (seconds, cpu, (assignment, stats)) = timed(repeat, || {
+        let (seconds, cpu, (assignment, stats)) = timed(repeat, min_time, || {
             maximize_with_stats(&scores, n, warm.as_deref(), "bench").map_err(|e| e.to_string())
         })?;
         (seconds, cpu, assignment.perm, stats_json(&stats))
