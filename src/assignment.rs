@@ -85,6 +85,11 @@ pub const ARR_STEP_FACTOR: usize = 8;
 /// suffice for most rows.
 pub const WARM_CANDIDATES: usize = 32;
 
+/// Longest candidate list per row in the warm start (lists double from
+/// [`WARM_CANDIDATES`] up to this). Bounds the warm start's memory to
+/// 4 KiB per row; a row that would need more is relaxed in full each time.
+pub const WARM_MAX_CANDIDATES: usize = 1024;
+
 /// The warm start drops a row from the hint once it has been relaxed this
 /// many times: its hint column's dual keeps falling, i.e. it is fed by a
 /// negative cycle that the periodic cycle check has not caught yet. With an
@@ -609,20 +614,22 @@ impl<'a, const MAX: bool> Lap<'a, MAX> {
             } else {
                 // First relaxation of the row, or its hint column's dual has
                 // dropped past what the candidates cover: relax the whole
-                // row and (re)build a list twice as long.
+                // row and (re)build a list twice as long, up to the cap.
                 full_relaxations += 1;
                 if full_relaxations > WARM_MAX_FULL_RELAX_FACTOR * n {
                     // Give up; the final check frees what is not tight.
                     converged = false;
                     break;
                 }
-                let want = (2 * cands[i].len()).clamp(k, n);
-                cutoff[i] = select_smallest(
-                    row.iter().zip(&phi).map(|(&s, &f)| Self::cost(s) - f),
-                    want,
-                    &mut selector,
-                    &mut cands[i],
-                );
+                let want = (2 * cands[i].len()).clamp(k, WARM_MAX_CANDIDATES.min(n).max(k));
+                if want > cands[i].len() {
+                    cutoff[i] = select_smallest(
+                        row.iter().zip(&phi).map(|(&s, &f)| Self::cost(s) - f),
+                        want,
+                        &mut selector,
+                        &mut cands[i],
+                    );
+                }
                 spfa.relax_row::<MAX>(&mut self.v, row, i, p, a);
             }
             since_check += 1;
