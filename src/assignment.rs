@@ -47,8 +47,8 @@
 //! All arithmetic is in `f64` on the caller's row-major matrix (never
 //! copied or transposed); every scan streams one matrix row. The result is
 //! optimal up to floating-point rounding in the dual updates (exactly
-//! optimal for integer-valued scores below 2^53 / n, where all arithmetic
-//! is exact).
+//! optimal for integer-valued scores of magnitude well below 2^53 / n,
+//! where all arithmetic is exact).
 //!
 //! Every loop has a hard bound (the augmenting row reduction is capped by
 //! [`ARR_STEP_FACTOR`], the warm start by [`WARM_MAX_RELAX_PER_ROW`] and
@@ -70,9 +70,10 @@ pub const ARR_PASSES: usize = 2;
 /// the number of free rows it starts with (each step costs one row scan).
 /// In exact arithmetic every pass terminates, but in floating point the
 /// "lower `v[j1]` by `u2 - u1` and retry the displaced row" step can cycle
-/// on differences of a few ulps; JV implementations in the wild (e.g. the
-/// `lap` package's `_carr_dense`) bound it the same way. Rows left over
-/// simply go to the exact augmentation phase.
+/// on differences of a few ulps; JV implementations in the wild bound it
+/// too (the `lap` package's `_carr_dense` stops displacing rows after
+/// `current · n` steps). Rows left over simply go to the exact
+/// augmentation phase.
 pub const ARR_STEP_FACTOR: usize = 8;
 
 /// Initial number of candidate columns per row in the warm start: the
@@ -499,12 +500,16 @@ impl<'a, const MAX: bool> Lap<'a, MAX> {
                 u2 = u1;
             }
             let mut i0 = self.y[j1];
-            let strictly_better = u1 < u2;
+            // j1 is strictly better only if lowering its dual by the gap
+            // actually changes it: a gap below the rounding of v[j1] counts
+            // as a tie, so that every retry below makes progress.
+            let lowered = self.v[j1] - (u2 - u1);
+            let strictly_better = lowered < self.v[j1];
             if i0 != NONE {
                 if strictly_better {
                     // Make j1 exactly as good as j2 for row i: (i, j1)
                     // stays row-minimal, other rows see j1 as worse.
-                    self.v[j1] -= u2 - u1;
+                    self.v[j1] = lowered;
                 } else {
                     // Tie: take j2 instead, possibly free.
                     j1 = j2;
