@@ -33,6 +33,7 @@
 
 use std::fmt;
 
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -645,6 +646,14 @@ impl View<'_> {
                 scratch
             }
         };
+        // Half floats: the slice conversion uses the CPU's F16C instructions
+        // when present (several times faster than element by element).
+        if self.info.dtype == safetensors::Dtype::F16
+            && let Ok(h) = bytemuck::try_cast_slice::<u8, half::f16>(bytes)
+        {
+            h.convert_to_f32_slice(out);
+            return;
+        }
         dtype::decode_f32(self.info.dtype, bytes, out);
     }
 }
@@ -823,6 +832,30 @@ mod tests {
         assert_eq!(s.nonfinite, 2);
         assert_eq!(s.numel, 1);
         assert_eq!(s.dot, 1.0);
+    }
+
+    #[test]
+    fn the_streaming_pass_matches_whole_tensor_sums_for_every_float_dtype() {
+        // f16 goes through the F16C slice conversion, bf16/f32 through
+        // `decode_f32`; special values (subnormals, ±0, near-max) included.
+        for d in ["f32", "f16", "bf16"] {
+            let a = Checkpoint::open(format!("fixtures/io/a_{d}.safetensors")).unwrap();
+            let b = Checkpoint::open(format!("fixtures/io/b_{d}.safetensors")).unwrap();
+            let got = stream_sums(
+                &[MergeInput::plain(&a), MergeInput::plain(&b)],
+                &[(0, 1)],
+                &|_| {},
+            )
+            .unwrap()
+            .remove(0);
+            assert_eq!(got.len(), 6, "{d}");
+            for (name, _, s) in got {
+                let ta = a.require(&name).unwrap();
+                let tb = b.require(&name).unwrap();
+                let want = PairSums::of(&a.read_f32(ta).unwrap(), &b.read_f32(tb).unwrap());
+                assert_eq!(s, want, "{d} {name}");
+            }
+        }
     }
 
     fn diag(specs: &[(&str, usize, f64)]) -> Diagnostics {
