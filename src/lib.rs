@@ -12,6 +12,7 @@
 pub mod alignment;
 pub mod assignment;
 pub mod average;
+pub mod basin;
 pub mod checkpoint;
 pub mod ema;
 pub mod error;

@@ -59,6 +59,11 @@ pub enum Command {
         after_help = "Examples:\n  polymerge ema ckpts/checkpoint-*.safetensors --half-life 2000 -o ema.safetensors\n  polymerge ema run/step-*/ --power 6.94 --print-weights -o ema/\n  polymerge ema a.safetensors b.safetensors c.safetensors --steps 100,200,400 --decay 0.999 --dry-run\n\nWeights: checkpoint k (steps sorted) gets (1-b^D_k) * prod_{j>k} b^D_j, the first one initialises the average.\nSteps come from --steps, file names (step-1000, checkpoint-1000, global_step1000, epoch_012 ...) or a `step` metadata key."
     )]
     Ema(EmaArgs),
+    /// Are A and B in one basin (naive average fine) or disconnected (align first)? Data-free diagnostics and a verdict.
+    #[command(
+        after_help = "Examples:\n  polymerge basin a.safetensors b.safetensors\n  polymerge basin a.safetensors b.safetensors --align --json\n\nExit codes: 0 connected, 3 disconnected, 4 uncertain (1 error, 2 usage). See docs/basin.md."
+    )]
+    Basin(super::basin::BasinArgs),
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +121,8 @@ pub struct EmaArgs {
     pub align: bool,
     #[command(flatten)]
     pub matching: MatchArgs,
+    #[command(flatten)]
+    pub basin: super::basin::CheckArgs,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -258,6 +265,8 @@ pub struct AvgArgs {
     pub align: Option<AlignMode>,
     #[command(flatten)]
     pub matching: MatchArgs,
+    #[command(flatten)]
+    pub basin: super::basin::CheckArgs,
     #[command(flatten)]
     pub out: OutputArgs,
 }

@@ -41,6 +41,13 @@ pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
             permutation: p.as_ref(),
         })
         .collect();
+    let quiet = a.out.quiet || a.out.json;
+    let aligned = a.align.is_some();
+    if let Some(code) =
+        super::basin::check_avg(&inputs, &a.inputs, &opts, aligned, &a.basin, quiet)?
+    {
+        return Ok(code);
+    }
     let description = json!({
         "command": "avg",
         "version": polymerge::VERSION,

@@ -119,6 +119,13 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
             permutation: p.as_ref(),
         })
         .collect();
+    let quiet = a.out.quiet || a.out.json;
+    let basin = &a.basin;
+    if let Some(code) =
+        super::basin::check_ema(&inputs, &order, &weights, &opts, a.align, basin, quiet)?
+    {
+        return Ok(code);
+    }
     let description = json!({
         "command": "ema",
         "version": polymerge::VERSION,

@@ -5,6 +5,7 @@
 mod align;
 mod args;
 mod avg;
+mod basin;
 mod ema;
 mod inspect;
 mod output;
@@ -29,5 +30,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Permute(a) => align::permute(a),
         args::Command::Barrier(a) => align::barrier(a),
         args::Command::Ema(a) => ema::run(a),
+        args::Command::Basin(a) => basin::run(a),
     }
 }
