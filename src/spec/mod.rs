@@ -18,6 +18,8 @@
 //! within-head dimensions); their maps are composed in spec order.
 
 pub mod infer;
+pub mod resnet;
+pub mod transformer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
