@@ -9,6 +9,10 @@
 //! `max_p Σ_i S[i, p[i]]` exactly ([`crate::assignment`]) warm-started from
 //! `g`'s current permutation, and keeps the new permutation only if it
 //! scores strictly better. A sweep with no improvement ends the descent.
+//! A visit is skipped when no group sharing a tensor with `g` has changed
+//! since `g`'s last visit: its matrix and warm start would be the same, so
+//! the solve would repeat its last answer (this changes no result, only
+//! saves the work, which matters most in the final, confirming sweep).
 //! The objective reported is `Σ_t ⟨A_t, π(B)_t⟩` over all float tensors, in
 //! f64.
 //!
@@ -43,7 +47,25 @@ pub trait WeightSource: Sync {
     fn read(&self, name: &str) -> Result<Vec<f32>>;
     /// Names of all float tensors.
     fn float_names(&self) -> Vec<String>;
+    /// The slices `rows` (indices along axis 0, in this order) of a float
+    /// tensor, decoded to f32 and concatenated. The default reads the whole
+    /// tensor; checkpoints and permuted views decode only what is asked, so
+    /// large tensors can be streamed in row chunks.
+    fn read_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        let shape = self.shape(name)?;
+        let x = self.read(name)?;
+        let row: usize = shape.iter().skip(1).product();
+        let mut out = Vec::with_capacity(rows.len() * row);
+        for &r in rows {
+            out.extend_from_slice(&x[r * row..(r + 1) * row]);
+        }
+        Ok(out)
+    }
 }
+
+/// Row chunks hold about this many elements (16 MiB of f32) when a large
+/// tensor is streamed through a similarity matrix.
+const CHUNK_ELEMS: usize = 1 << 22;
 
 impl WeightSource for Checkpoint {
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
@@ -61,6 +83,29 @@ impl WeightSource for Checkpoint {
             .filter(|t| dtype::is_float(t.dtype))
             .map(|t| t.name.clone())
             .collect()
+    }
+    fn read_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        let t = self.require(name)?;
+        if !dtype::is_float(t.dtype) {
+            return self.read_f32(t);
+        }
+        let row: usize = t.shape.iter().skip(1).product();
+        let esize = dtype::size_of(t.dtype);
+        let bytes = self.bytes(t);
+        let mut out = vec![0f32; rows.len() * row];
+        // Decode runs of consecutive rows at once, then drop their pages.
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len() && rows[j] == rows[j - 1] + 1 {
+                j += 1;
+            }
+            let (b0, b1) = (rows[i] * row * esize, (rows[j - 1] + 1) * row * esize);
+            dtype::decode_f32(t.dtype, &bytes[b0..b1], &mut out[i * row..j * row]);
+            self.release(t, b0..b1);
+            i = j;
+        }
+        Ok(out)
     }
 }
 
@@ -83,6 +128,25 @@ impl WeightSource for Permuted<'_> {
     }
     fn float_names(&self) -> Vec<String> {
         self.source.float_names()
+    }
+    fn read_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        let Some(p) = self.perm.get(name) else {
+            return self.source.read_rows(name, rows);
+        };
+        let shape = self.source.shape(name)?;
+        let src_rows: Vec<usize> = match p.axes.first().and_then(|m| m.as_ref()) {
+            Some(m) => rows.iter().map(|&r| m[r]).collect(),
+            None => rows.to_vec(),
+        };
+        let x = self.source.read_rows(name, &src_rows)?;
+        if p.axes.iter().skip(1).all(|m| m.is_none()) {
+            return Ok(x);
+        }
+        let mut rest = p.clone();
+        rest.axes[0] = None;
+        let mut sub = shape;
+        sub[0] = rows.len();
+        Ok(permuted(&x, &sub, &rest))
     }
 }
 
@@ -108,6 +172,17 @@ impl WeightSource for Mean<'_> {
     }
     fn float_names(&self) -> Vec<String> {
         self.sources[0].float_names()
+    }
+    fn read_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        let mut acc = self.sources[0].read_rows(name, rows)?;
+        for s in &self.sources[1..] {
+            for (a, b) in acc.iter_mut().zip(s.read_rows(name, rows)?) {
+                *a += b;
+            }
+        }
+        let k = self.sources.len() as f32;
+        acc.iter_mut().for_each(|a| *a /= k);
+        Ok(acc)
     }
 }
 
@@ -146,6 +221,11 @@ pub struct GroupReport {
     pub updates: usize,
     pub seconds_similarity: f64,
     pub seconds_assignment: f64,
+    /// Visits that rebuilt the similarity matrix and solved.
+    pub visits: usize,
+    /// Visits skipped because no group sharing a tensor with this one had
+    /// changed since its last visit (the solve would repeat itself).
+    pub skipped: usize,
 }
 
 /// The result of weight matching B onto A.
@@ -158,6 +238,8 @@ pub struct Alignment {
     pub sweeps: usize,
     pub converged: bool,
     pub seconds: f64,
+    /// Wall-clock seconds of each sweep.
+    pub sweep_seconds: Vec<f64>,
     pub groups: Vec<GroupReport>,
 }
 
@@ -187,12 +269,26 @@ pub fn objective(a: &dyn WeightSource, b: &dyn WeightSource, names: &[String]) -
     names
         .par_iter()
         .map(|n| {
-            let x = a.read(n)?;
-            let y = b.read(n)?;
-            Ok(x.iter()
-                .zip(&y)
-                .map(|(p, q)| *p as f64 * *q as f64)
-                .sum::<f64>())
+            let dot = |x: &[f32], y: &[f32]| {
+                x.iter()
+                    .zip(y)
+                    .map(|(p, q)| *p as f64 * *q as f64)
+                    .sum::<f64>()
+            };
+            let shape = a.shape(n)?;
+            let numel: usize = shape.iter().product();
+            if numel <= CHUNK_ELEMS || shape.len() < 2 {
+                return Ok(dot(&a.read(n)?, &b.read(n)?));
+            }
+            // Large tensors in row chunks: no whole f32 copies.
+            let row: usize = shape[1..].iter().product::<usize>().max(1);
+            let per = (CHUNK_ELEMS / row).max(1);
+            let mut sum = 0.0;
+            for start in (0..shape[0]).step_by(per) {
+                let rows: Vec<usize> = (start..(start + per).min(shape[0])).collect();
+                sum += dot(&a.read_rows(n, &rows)?, &b.read_rows(n, &rows)?);
+            }
+            Ok(sum)
         })
         .try_reduce(|| 0.0, |p, q| Ok(p + q))
 }
@@ -250,19 +346,61 @@ pub fn weight_matching(
             updates: 0,
             seconds_similarity: 0.0,
             seconds_assignment: 0.0,
+            visits: 0,
+            skipped: 0,
         })
         .collect();
+    // Groups sharing a tensor with each group: the only ones whose
+    // permutations enter its similarity matrix.
+    let neighbors: Vec<Vec<usize>> = {
+        let mut by_tensor: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+        for (gi, g) in spec.groups.iter().enumerate() {
+            for m in &g.members {
+                let v = by_tensor.entry(m.tensor.as_str()).or_default();
+                if v.last() != Some(&gi) {
+                    v.push(gi);
+                }
+            }
+        }
+        let mut out = vec![Vec::new(); spec.groups.len()];
+        for v in by_tensor.values() {
+            for &g in v {
+                out[g].extend(v.iter().copied().filter(|&h| h != g));
+            }
+        }
+        for o in &mut out {
+            o.sort_unstable();
+            o.dedup();
+        }
+        out
+    };
+    // Step counters: when each group was last solved, and last changed.
+    let mut step = 0usize;
+    let mut last_visit: Vec<Option<usize>> = vec![None; spec.groups.len()];
+    let mut last_change: Vec<usize> = vec![0; spec.groups.len()];
+    let mut sweep_seconds = Vec::new();
     let mut rng = SplitMix64(opts.seed);
     let mut order: Vec<usize> = (0..spec.groups.len()).collect();
     let mut sweeps = 0;
     let mut converged = spec.groups.is_empty();
     while sweeps < opts.max_iter && !converged {
         sweeps += 1;
+        let sweep_start = Instant::now();
         rng.shuffle(&mut order);
         let mut improved = false;
         for &g in &order {
             let group = &spec.groups[g];
             let n = group.size;
+            step += 1;
+            // Same similarity matrix and warm start as at the last visit:
+            // the solve would give the same answer, so skip it.
+            if let Some(v) = last_visit[g]
+                && neighbors[g].iter().all(|&h| last_change[h] < v)
+            {
+                reports[g].skipped += 1;
+                continue;
+            }
+            last_visit[g] = Some(step);
             let t0 = Instant::now();
             let others = model_permutation(spec, b, &perms, Some(g))?;
             let s = similarity_matrix(
@@ -284,8 +422,10 @@ pub fn weight_matching(
             }
             r.seconds_similarity += (t1 - t0).as_secs_f64();
             r.seconds_assignment += (t2 - t1).as_secs_f64();
+            r.visits += 1;
             if sol.score > old + IMPROVEMENT_EPS * old.abs().max(1.0) {
                 improved = true;
+                last_change[g] = step;
                 r.updates += 1;
                 r.score_after = sol.score;
                 perms[g] = sol.perm;
@@ -297,6 +437,7 @@ pub fn weight_matching(
                 group.name, old, r.score_after
             ));
         }
+        sweep_seconds.push(sweep_start.elapsed().as_secs_f64());
         converged = !improved;
     }
     for (r, p) in reports.iter_mut().zip(&perms) {
@@ -323,6 +464,7 @@ pub fn weight_matching(
         sweeps,
         converged,
         seconds: start.elapsed().as_secs_f64(),
+        sweep_seconds,
         groups: reports,
     })
 }
@@ -340,9 +482,29 @@ pub fn similarity_matrix(
     let mut s = vec![0.0f64; n * n];
     for m in &group.members {
         let shape = a.shape(&m.tensor)?;
-        let x = a.read(&m.tensor)?;
-        let y = b.read(&m.tensor)?;
-        similarity::accumulate(&mut s, &x, &y, &shape, m, n);
+        let numel: usize = shape.iter().product();
+        if m.axis == 0 || numel <= CHUNK_ELEMS || shape[0] < 2 {
+            let x = a.read(&m.tensor)?;
+            let y = b.read(&m.tensor)?;
+            similarity::accumulate(&mut s, &x, &y, &shape, m, n);
+            continue;
+        }
+        // Stream in chunks of whole axis-0 slices: never a whole f32 copy
+        // of an embedding-sized tensor, for either model.
+        let row: usize = shape[1..].iter().product::<usize>().max(1);
+        let per = (CHUNK_ELEMS / row).max(1);
+        let mut acc = vec![0.0f32; n * n];
+        let mut sub = shape.clone();
+        for start in (0..shape[0]).step_by(per) {
+            let rows: Vec<usize> = (start..(start + per).min(shape[0])).collect();
+            let x = a.read_rows(&m.tensor, &rows)?;
+            let y = b.read_rows(&m.tensor, &rows)?;
+            sub[0] = rows.len();
+            similarity::accumulate_f32(&mut acc, &x, &y, &sub, m, n);
+        }
+        for (x, y) in s.iter_mut().zip(&acc) {
+            *x += *y as f64;
+        }
     }
     Ok(s)
 }

@@ -10,8 +10,11 @@
 //! through ndarray) accumulated into an f64 matrix across members. When the
 //! unit axis is the first or the last one and unblocked, the tensor is used
 //! in place as a (transposed) matrix view; other layouts are copied once.
+//! [`accumulate_f32`] takes a stretch of axis-0 slices at a time, so callers
+//! can stream large tensors (embeddings, LM heads) in row chunks.
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
 
 use crate::spec::AxisMember;
 
@@ -19,14 +22,29 @@ use crate::spec::AxisMember;
 /// `a` and `b` are the whole tensors (same `shape`), decoded to f32, with
 /// every *other* group's permutation already applied to `b`.
 pub fn accumulate(s: &mut [f64], a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) {
-    let contribution = member_gram(a, b, shape, m, n);
+    let mut contribution = vec![0.0f32; n * n];
+    accumulate_f32(&mut contribution, a, b, shape, m, n);
     for (x, y) in s.iter_mut().zip(contribution.iter()) {
         *x += *y as f64;
     }
 }
 
-/// `A_u · B_uᵀ` for one member, as an `n × n` f32 matrix.
-fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) -> Array2<f32> {
+/// Adds `A_u · B_uᵀ` for one member to the f32 `n × n` matrix `acc`.
+///
+/// For a member on axis ≥ 1, `a` and `b` may be any stretch of whole
+/// slices along axis 0 (`shape[0]` is then the stretch's length): a unit's
+/// vector is the concatenation over axis 0, so stretches add up to the
+/// whole member. This is how large tensors are processed in row chunks
+/// without materialising them in f32.
+pub fn accumulate_f32(
+    acc: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    shape: &[usize],
+    m: &AxisMember,
+    n: usize,
+) {
+    let mut out = ArrayViewMut2::from_shape((n, n), acc).expect("n × n accumulator");
     let axis_len = shape[m.axis];
     let pre: usize = shape[..m.axis].iter().product();
     let post: usize = shape[m.axis + 1..].iter().product();
@@ -36,7 +54,8 @@ fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) 
         let off = m.start * post;
         let av = ArrayView2::from_shape((n, width), &a[off..off + n * width]).expect("unit rows");
         let bv = ArrayView2::from_shape((n, width), &b[off..off + n * width]).expect("unit rows");
-        return av.dot(&bv.t());
+        general_mat_mul(1.0, &av, &bv.t(), 1.0, &mut out);
+        return;
     }
     if post == 1 && m.block == 1 && m.repeat == 1 {
         // Units are columns of a [pre, axis_len] matrix.
@@ -44,11 +63,12 @@ fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) 
         let bv = ArrayView2::from_shape((pre, axis_len), b).expect("matrix");
         let av = av.slice(s![.., m.start..m.start + n]);
         let bv = bv.slice(s![.., m.start..m.start + n]);
-        return av.t().dot(&bv);
+        general_mat_mul(1.0, &av.t(), &bv, 1.0, &mut out);
+        return;
     }
     let au = unit_major(a, pre, axis_len, post, m, n);
     let bu = unit_major(b, pre, axis_len, post, m, n);
-    au.dot(&bu.t())
+    general_mat_mul(1.0, &au, &bu.t(), 1.0, &mut out);
 }
 
 /// Copies a tensor viewed as `[pre, axis_len, post]` into `[n, L]`, row `u`
