@@ -348,8 +348,14 @@ pub fn run(
                         })
                     })
                     .collect::<Result<_>>()?;
-                let numel = pt.plan.numel();
-                let out_elem = dtype::size_of(pt.plan.dtype);
+                // Sub-byte dtypes (F4, F6_*) are only ever copied (they are
+                // `Kind::Opaque`): stream them as raw bytes, one byte per
+                // "element", since their elements do not fill whole bytes.
+                let (numel, out_elem) = if pt.plan.dtype.bitsize() % 8 == 0 {
+                    (pt.plan.numel(), dtype::size_of(pt.plan.dtype))
+                } else {
+                    (pt.plan.nbytes(), 1)
+                };
                 let mut counts = vec![0u64; sources.len()];
                 if matches!(pt.action, Action::CopyExact) {
                     check_identical(&sources)?;

@@ -180,13 +180,13 @@ pub fn interpolate(a: &dyn WeightSource, b: &dyn WeightSource, alpha: f32) -> Re
     Ok(InMemory { tensors })
 }
 
-/// Mean cross-entropy and accuracy of the MLP `model` on `data`.
-pub fn evaluate(
+/// Logits of the MLP `model` for inputs `x` ([N, D]).
+pub fn forward(
     model: &dyn WeightSource,
     layout: &MlpLayout,
-    data: &Dataset,
-) -> Result<Evaluation> {
-    let mut h = data.x.clone();
+    x: &Array2<f32>,
+) -> Result<Array2<f32>> {
+    let mut h = x.clone();
     for (k, (w, b)) in layout.layers.iter().enumerate() {
         let shape = model.shape(w)?;
         if k == 0 && shape[1] != h.ncols() {
@@ -211,6 +211,16 @@ pub fn evaluate(
         }
         h = z;
     }
+    Ok(h)
+}
+
+/// Mean cross-entropy and accuracy of the MLP `model` on `data`.
+pub fn evaluate(
+    model: &dyn WeightSource,
+    layout: &MlpLayout,
+    data: &Dataset,
+) -> Result<Evaluation> {
+    let h = forward(model, layout, &data.x)?;
     let classes = h.ncols();
     let mut loss = 0.0f64;
     let mut correct = 0usize;

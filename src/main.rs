@@ -6,8 +6,8 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Ctrl-C: remove half-written temporaries before exiting, so an
-    // interrupted merge never leaves a partial file behind.
+    // Ctrl-C, SIGTERM, SIGHUP: remove half-written temporaries before
+    // exiting, so an interrupted merge never leaves a partial file behind.
     let _ = ctrlc::set_handler(|| {
         polymerge::write::remove_temporaries();
         std::process::exit(130);

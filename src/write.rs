@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use safetensors::Dtype;
 use serde_json::{Map, Value, json};
 
-use crate::checkpoint::{INDEX_FILE, MODEL_FILE, dtype};
+use crate::checkpoint::{INDEX_FILE, MODEL_FILE};
 use crate::error::{Error, Result};
 
 /// Default largest shard of a directory output: 5 GB, the default of
@@ -479,7 +479,9 @@ fn replace(temp: &Path, target: &Path) -> Result<()> {
 /// directory or file there (only reached with `--force`).
 fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
     if target.exists() {
-        let old = staging.with_extension("old");
+        // `.NAME.polymerge-tmp-PID` → `.NAME.polymerge-old-PID`: a name of
+        // our own, never a user's `.NAME.old` (which would be deleted below).
+        let old = staging.with_extension(format!("polymerge-old-{}", std::process::id()));
         let _ = fs::remove_dir_all(&old);
         fs::rename(target, &old).map_err(|e| Error::io(target, e))?;
         if let Err(e) = fs::rename(staging, target) {
@@ -521,12 +523,6 @@ fn output_error(target: &Path, at: &Path, e: std::io::Error) -> Error {
         path: target.to_path_buf(),
         reason,
     }
-}
-
-/// Bytes per element of a planned float output dtype (re-exported for the
-/// averaging stage).
-pub fn element_size(d: Dtype) -> usize {
-    dtype::size_of(d)
 }
 
 #[cfg(test)]

@@ -98,7 +98,15 @@ impl Checkpoint {
             };
         }
         if path.to_string_lossy().ends_with(".json") {
-            let dir = path.parent().map(Path::to_path_buf);
+            // A bare `model.safetensors.index.json` has the parent "": that
+            // is the current directory.
+            let dir = path.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                }
+            });
             return Self::open_index(path, path, dir);
         }
         Self::open_files(path, vec![path.to_path_buf()], None)
@@ -207,7 +215,12 @@ impl Checkpoint {
             let data_start = 8 + header_len;
             let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
                 parsed.tensors().into_iter().collect();
-            infos.sort_by_key(|(_, i)| i.data_offsets);
+            // Zero-size tensors can share an offset: break ties by name, so
+            // that the order (and every output header built from it) does
+            // not depend on hash-map iteration order.
+            infos.sort_by(|(na, a), (nb, b)| {
+                a.data_offsets.cmp(&b.data_offsets).then_with(|| na.cmp(nb))
+            });
             for (name, info) in infos {
                 if let Some(&prev) = by_name.get(&name) {
                     let other: &TensorInfo = &tensors[prev];
@@ -219,9 +232,6 @@ impl Checkpoint {
                             file.display()
                         ),
                     });
-                }
-                if info.dtype.bitsize() % 8 != 0 {
-                    // Sub-byte dtypes are passed through whole; nothing to check here.
                 }
                 by_name.insert(name.clone(), tensors.len());
                 tensors.push(TensorInfo {

@@ -1,5 +1,6 @@
 //! `polymerge inspect`: what a checkpoint holds.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use polymerge::checkpoint::Checkpoint;
@@ -8,7 +9,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use super::args::InspectArgs;
-use super::output::{human_bytes, human_count};
+use super::output::{human_bytes, human_count, print_stdout};
 
 pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&a.path)?;
@@ -46,7 +47,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
             "total_bytes": ckpt.nbytes(),
             "metadata": ckpt.metadata(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        print_stdout(&(serde_json::to_string_pretty(&out)? + "\n"))?;
         return Ok(ExitCode::SUCCESS);
     }
     let width = ckpt
@@ -66,7 +67,9 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
             "mean", "std", "min", "max", "nan/inf"
         );
     }
-    println!("{header}");
+    // Written in one go at the end: see `print_stdout` (`inspect … | head`).
+    let mut text = String::new();
+    writeln!(text, "{header}")?;
     for (t, s) in ckpt.tensors().iter().zip(&stats) {
         let mut line = format!(
             "{:<width$}  {:<5}  {:<18}  {:>10}",
@@ -85,20 +88,22 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 format!("{}/{}", s.nan, s.inf)
             );
         }
-        println!("{line}");
+        writeln!(text, "{line}")?;
     }
-    println!(
+    writeln!(
+        text,
         "{} tensors, {} params, {} in {} file(s)",
         ckpt.tensors().len(),
         human_count(ckpt.numel() as u64),
         human_bytes(ckpt.nbytes() as u64),
         ckpt.files().len()
-    );
+    )?;
     if !ckpt.metadata().is_empty() {
-        println!("metadata:");
+        writeln!(text, "metadata:")?;
         for (k, v) in ckpt.metadata() {
-            println!("  {k}: {v}");
+            writeln!(text, "  {k}: {v}")?;
         }
     }
+    print_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
 }

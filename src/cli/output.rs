@@ -57,6 +57,17 @@ pub fn warn_nonfinite(list: &[NonFinite]) {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`polymerge inspect … |
+/// head`) is not an error: `println!` would panic on the broken pipe.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// Human-readable byte count (binary units).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
