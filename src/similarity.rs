@@ -151,6 +151,39 @@ mod tests {
     }
 
     #[test]
+    fn row_chunks_of_a_member_add_up_to_the_whole_member() {
+        // shape [5, 3, 4]: units on axis 2 (columns) and, blocked, on axis 1.
+        let a: Vec<f32> = (0..60).map(|x| ((x * 37) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..60).map(|x| ((x * 13) % 7) as f32 - 3.0).collect();
+        for (m, n) in [
+            (AxisMember::plain("t", 2), 4),
+            (
+                AxisMember {
+                    block: 1,
+                    repeat: 1,
+                    ..AxisMember::plain("t", 1)
+                },
+                3,
+            ),
+        ] {
+            let mut whole = vec![0.0f32; n * n];
+            accumulate_f32(&mut whole, &a, &b, &[5, 3, 4], &m, n);
+            let mut chunked = vec![0.0f32; n * n];
+            for (r0, r1) in [(0, 2), (2, 3), (3, 5)] {
+                accumulate_f32(
+                    &mut chunked,
+                    &a[r0 * 12..r1 * 12],
+                    &b[r0 * 12..r1 * 12],
+                    &[r1 - r0, 3, 4],
+                    &m,
+                    n,
+                );
+            }
+            assert_eq!(whole, chunked);
+        }
+    }
+
+    #[test]
     fn repeated_units_on_a_middle_axis_use_the_general_copy() {
         // shape [2, 4, 1]: axis 1 holds repeat 2 × 2 units; unit u collects
         // positions u and 2+u of both rows.

@@ -432,7 +432,7 @@ fn build(
         }
         Some(h) => {
             let kv = cfg_usize(config, &["num_key_value_heads", "n_kv_heads"]).unwrap_or(h);
-            let hd = cfg_usize(config, &["head_dim"]).unwrap_or(if h > 0 { d / h } else { 0 });
+            let hd = cfg_usize(config, &["head_dim"]).unwrap_or(d.checked_div(h).unwrap_or(0));
             if h == 0 || kv == 0 || hd == 0 || h % kv != 0 {
                 return Err(fail(
                     ckpt,
