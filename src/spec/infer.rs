@@ -54,7 +54,7 @@ pub fn infer(ckpt: &Checkpoint) -> Result<PermutationSpec> {
 }
 
 /// The checkpoint's `config.json`: in its model directory, or next to a
-/// single file. `None` when there is none.
+/// single file. `None` when there is none (or it is not a JSON object).
 pub fn load_config(ckpt: &Checkpoint) -> Result<Option<serde_json::Value>> {
     let dir = match ckpt.model_dir() {
         Some(d) => d.to_path_buf(),
@@ -68,11 +68,11 @@ pub fn load_config(ckpt: &Checkpoint) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Spec {
-        path: Some(path.clone()),
-        reason: format!("config.json is not valid JSON: {e}"),
-    })?;
-    Ok(v.is_object().then_some(v))
+    // A `config.json` that is not a JSON object is not a model config: the
+    // transformer families then report that head counts are unknown.
+    Ok(serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .filter(serde_json::Value::is_object))
 }
 
 fn ambiguous(ckpt: &Checkpoint, reason: String) -> Error {
