@@ -486,3 +486,70 @@ fn the_readme_user_spec_example_loads_and_covers_every_vit_symmetry() {
             .any(|m| m.tensor == "pos_embed" && m.axis == 2)
     );
 }
+
+/// Copies a model directory, adding `lm_head.weight` as a stored copy of
+/// the token embedding (a tied head saved explicitly).
+fn with_stored_tied_head(src: &Path, dst: &Path) {
+    let c = Checkpoint::open(src).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = c
+        .tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dtype,
+                t.shape.clone(),
+                c.bytes(t).to_vec(),
+            )
+        })
+        .collect();
+    let embed = owned
+        .iter()
+        .find(|t| t.0 == "model.embed_tokens.weight")
+        .cloned()
+        .unwrap();
+    owned.push(("lm_head.weight".into(), embed.1, embed.2, embed.3));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::create_dir_all(dst).unwrap();
+    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+    std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+}
+
+#[test]
+fn a_tied_head_stored_next_to_the_embedding_gets_the_same_permutation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    with_stored_tied_head(&fixture("qwen2").join("a"), &a);
+    with_stored_tied_head(&fixture("qwen2").join("permuted"), &b);
+    let spec = infer(&Checkpoint::open(&a).unwrap()).unwrap();
+    let res = find(&spec, "residual");
+    for t in ["model.embed_tokens.weight", "lm_head.weight"] {
+        assert!(
+            res.members.iter().any(|m| m.tensor == t && m.axis == 1),
+            "{t}"
+        );
+    }
+    let out = dir.path().join("aligned.safetensors");
+    polymerge()
+        .arg("align")
+        .arg(&a)
+        .arg(&b)
+        .arg("-o")
+        .arg(&out)
+        .arg("--quiet")
+        .assert()
+        .success();
+    assert!(differing_tensors(&a, &out).is_empty());
+    let o = Checkpoint::open(&out).unwrap();
+    let head = o.get("lm_head.weight").unwrap();
+    let embed = o.get("model.embed_tokens.weight").unwrap();
+    assert_eq!(o.bytes(head), o.bytes(embed), "still tied after alignment");
+}
