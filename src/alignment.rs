@@ -304,7 +304,112 @@ pub fn model_permutation(
 }
 
 /// Weight matching of `b` onto `a`. `progress` receives one line per step.
+///
+/// When the spec has per-head groups (kinds `qk_dims`, `vo_dims`, `heads`
+/// named `stem.k` with siblings `stem.0`, `stem.1`, … of one size) and no
+/// starting permutations are given, the descent runs in two phases: first
+/// with each set of siblings tied to one shared permutation (a valid
+/// sub-symmetry whose head similarities are not scrambled by independent
+/// within-head orders), then with every group free, starting from there.
+/// Independent per-head groups from the identity get stuck in local optima
+/// where a wrong head pairing is propped up by within-head orders tuned to
+/// it; the tied phase finds the pairing first.
 pub fn weight_matching(
+    spec: &PermutationSpec,
+    a: &dyn WeightSource,
+    b: &dyn WeightSource,
+    opts: &AlignOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Alignment> {
+    let start = Instant::now();
+    if opts.init.is_none()
+        && let Some((tied, owner)) = tie_siblings(spec)
+    {
+        let first = descend(&tied, a, b, opts, progress)?;
+        let init: Vec<Vec<usize>> = owner.iter().map(|&t| first.perms[t].clone()).collect();
+        let second = AlignOptions {
+            init: Some(init),
+            ..opts.clone()
+        };
+        let mut r = descend(spec, a, b, &second, progress)?;
+        r.objective_before = first.objective_before;
+        r.sweeps += first.sweeps;
+        let mut sweeps = first.sweep_seconds;
+        sweeps.extend(&r.sweep_seconds);
+        r.sweep_seconds = sweeps;
+        for g in &mut r.groups {
+            // Time and visits of the tied phase, charged to its groups.
+            if let Some(t) = first.groups.iter().find(|t| {
+                t.name == g.name
+                    || g.name
+                        .strip_prefix(t.name.as_str())
+                        .is_some_and(is_index_suffix)
+            }) {
+                g.seconds_similarity += t.seconds_similarity / siblings(spec, &t.name) as f64;
+                g.seconds_assignment += t.seconds_assignment / siblings(spec, &t.name) as f64;
+            }
+        }
+        r.seconds = start.elapsed().as_secs_f64();
+        return Ok(r);
+    }
+    descend(spec, a, b, opts, progress)
+}
+
+/// `.17`: a sibling index.
+fn is_index_suffix(s: &str) -> bool {
+    s.strip_prefix('.')
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// Groups of `spec` named `stem` or `stem.k`.
+fn siblings(spec: &PermutationSpec, stem: &str) -> usize {
+    spec.groups
+        .iter()
+        .filter(|g| g.name == stem || g.name.strip_prefix(stem).is_some_and(is_index_suffix))
+        .count()
+        .max(1)
+}
+
+/// The spec with per-head sibling groups merged into one group each, and
+/// for every original group the index of the group standing for it.
+fn tie_siblings(spec: &PermutationSpec) -> Option<(PermutationSpec, Vec<usize>)> {
+    let stem_of = |g: &crate::spec::PermGroup| -> Option<String> {
+        let kind = g.kind.as_deref()?;
+        if !matches!(kind, "qk_dims" | "vo_dims" | "heads") {
+            return None;
+        }
+        let dot = g.name.rfind('.')?;
+        is_index_suffix(&g.name[dot..]).then(|| g.name[..dot].to_string())
+    };
+    let mut tied = PermutationSpec::new(spec.architecture.clone(), Vec::new());
+    let mut owner = Vec::with_capacity(spec.groups.len());
+    let mut by_stem: std::collections::HashMap<String, usize> = Default::default();
+    let mut merged = false;
+    for g in &spec.groups {
+        if let Some(stem) = stem_of(g) {
+            if let Some(&t) = by_stem.get(&stem)
+                && tied.groups[t].size == g.size
+            {
+                tied.groups[t].members.extend(g.members.iter().cloned());
+                owner.push(t);
+                merged = true;
+                continue;
+            }
+            by_stem.insert(stem.clone(), tied.groups.len());
+            owner.push(tied.groups.len());
+            tied.groups.push(crate::spec::PermGroup {
+                name: stem,
+                ..g.clone()
+            });
+            continue;
+        }
+        owner.push(tied.groups.len());
+        tied.groups.push(g.clone());
+    }
+    merged.then_some((tied, owner))
+}
+
+fn descend(
     spec: &PermutationSpec,
     a: &dyn WeightSource,
     b: &dyn WeightSource,
@@ -403,15 +508,16 @@ pub fn weight_matching(
             last_visit[g] = Some(step);
             let t0 = Instant::now();
             let others = model_permutation(spec, b, &perms, Some(g))?;
-            let s = similarity_matrix(
-                spec,
-                g,
-                a,
-                &Permuted {
-                    source: b,
-                    perm: &others,
-                },
-            )?;
+            let view = Permuted {
+                source: b,
+                perm: &others,
+            };
+            let after = later_maps(spec, g, b, &perms)?;
+            let s = if after.iter().all(Option::is_none) {
+                similarity_matrix(spec, g, a, &view)?
+            } else {
+                relabelled_similarity(spec, g, a, &view, &after)?
+            };
             let t1 = Instant::now();
             let old: f64 = (0..n).map(|i| s[i * n + perms[g][i]]).sum();
             let sol = assignment::maximize(&s, n, Some(&perms[g]), &group.name)?;
@@ -504,6 +610,91 @@ pub fn similarity_matrix(
         }
         for (x, y) in s.iter_mut().zip(&acc) {
             *x += *y as f64;
+        }
+    }
+    Ok(s)
+}
+
+/// For each member of group `g`: the composed map of the groups *after* `g`
+/// in spec order acting on the same tensor axis, or `None` when they leave
+/// it in place.
+///
+/// Maps compose in spec order, `M = M_before ∘ m_g ∘ M_after` (output
+/// position → stored position), while a coordinate step needs `g` applied
+/// last: `M = M_before ∘ M_after ∘ m'_g` with `m'_g = M_after⁻¹ ∘ m_g ∘
+/// M_after`. `m'_g` is `g` acting on relabelled positions: unit `u` owns
+/// `M_after⁻¹` of its positions. For groups that commute with the later
+/// ones (nested blocks) the relabelling changes nothing; for a per-head
+/// group listed before the head group it moves the group's units to the
+/// slot where the head group puts that head.
+fn later_maps(
+    spec: &PermutationSpec,
+    g: usize,
+    src: &dyn WeightSource,
+    perms: &[Vec<usize>],
+) -> Result<Vec<Option<Vec<usize>>>> {
+    spec.groups[g]
+        .members
+        .iter()
+        .map(|m| {
+            let len = src.shape(&m.tensor)?[m.axis];
+            let mut map: Option<Vec<usize>> = None;
+            for (h, group) in spec.groups.iter().enumerate().skip(g + 1) {
+                if perms[h].iter().enumerate().all(|(i, &j)| i == j) {
+                    continue;
+                }
+                for mh in group
+                    .members
+                    .iter()
+                    .filter(|x| x.tensor == m.tensor && x.axis == m.axis)
+                {
+                    let cur = map.get_or_insert_with(|| (0..len).collect());
+                    let old = cur.clone();
+                    for r in 0..mh.repeat {
+                        for (u, &pu) in perms[h].iter().enumerate() {
+                            for i in 0..mh.block {
+                                cur[mh.position(group.size, r, u, i)] =
+                                    old[mh.position(group.size, r, pu, i)];
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(map.filter(|v| v.iter().enumerate().any(|(i, &j)| i != j)))
+        })
+        .collect()
+}
+
+/// [`similarity_matrix`] for a group whose members' positions are
+/// relabelled through the later groups' maps (see [`later_maps`]).
+fn relabelled_similarity(
+    spec: &PermutationSpec,
+    g: usize,
+    a: &dyn WeightSource,
+    b: &dyn WeightSource,
+    after: &[Option<Vec<usize>>],
+) -> Result<Vec<f64>> {
+    let group = &spec.groups[g];
+    let n = group.size;
+    let mut s = vec![0.0f64; n * n];
+    for (m, map) in group.members.iter().zip(after) {
+        let shape = a.shape(&m.tensor)?;
+        let x = a.read(&m.tensor)?;
+        let y = b.read(&m.tensor)?;
+        match map {
+            None => similarity::accumulate(&mut s, &x, &y, &shape, m, n),
+            Some(map) => {
+                let inv = crate::permute::inverse(map);
+                let units: Vec<Vec<usize>> = (0..n)
+                    .map(|u| {
+                        (0..m.repeat)
+                            .flat_map(|r| (0..m.block).map(move |i| (r, i)))
+                            .map(|(r, i)| inv[m.position(n, r, u, i)])
+                            .collect()
+                    })
+                    .collect();
+                similarity::accumulate_positions(&mut s, &x, &y, &shape, m.axis, &units);
+            }
         }
     }
     Ok(s)

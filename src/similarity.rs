@@ -71,6 +71,45 @@ pub fn accumulate_f32(
     general_mat_mul(1.0, &au, &bu.t(), 1.0, &mut out);
 }
 
+/// Adds `Σ ⟨A[units[i]], B[units[j]]⟩` to the `n × n` matrix `s`, where
+/// `units[u]` lists the axis positions of unit `u` explicitly (every unit the
+/// same number, in matching order). Used for groups whose positions have
+/// been relabelled through the groups composed after them.
+pub fn accumulate_positions(
+    s: &mut [f64],
+    a: &[f32],
+    b: &[f32],
+    shape: &[usize],
+    axis: usize,
+    units: &[Vec<usize>],
+) {
+    let n = units.len();
+    let axis_len = shape[axis];
+    let pre: usize = shape[..axis].iter().product();
+    let post: usize = shape[axis + 1..].iter().product();
+    let per = units.first().map_or(0, Vec::len);
+    let gather = |x: &[f32]| {
+        let mut out = Array2::<f32>::zeros((n, pre * per * post));
+        for (u, positions) in units.iter().enumerate() {
+            let mut row = out.row_mut(u);
+            let row = row.as_slice_mut().expect("standard layout");
+            let mut k = 0;
+            for p in 0..pre {
+                for &pos in positions {
+                    let base = (p * axis_len + pos) * post;
+                    row[k..k + post].copy_from_slice(&x[base..base + post]);
+                    k += post;
+                }
+            }
+        }
+        out
+    };
+    let g = gather(a).dot(&gather(b).t());
+    for (x, y) in s.iter_mut().zip(g.iter()) {
+        *x += *y as f64;
+    }
+}
+
 /// Copies a tensor viewed as `[pre, axis_len, post]` into `[n, L]`, row `u`
 /// holding every element whose axis position belongs to unit `u`.
 fn unit_major(

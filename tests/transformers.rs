@@ -553,3 +553,36 @@ fn a_tied_head_stored_next_to_the_embedding_gets_the_same_permutation() {
     let embed = o.get("model.embed_tokens.weight").unwrap();
     assert_eq!(o.bytes(head), o.bytes(embed), "still tied after alignment");
 }
+
+#[test]
+fn a_user_spec_with_independent_per_head_groups_recovers_a_per_head_permuted_copy() {
+    // Per-head groups listed before `heads` act on the stored model's heads;
+    // they do not commute with `heads`, and weight matching relabels their
+    // units through it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("aligned.safetensors");
+    let perm = dir.path().join("perm.json");
+    let f = fixture("llama");
+    polymerge()
+        .arg("align")
+        .arg(f.join("a"))
+        .arg(f.join("permuted_per_head"))
+        .arg("--spec")
+        .arg(f.join("per_head_spec.json"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--save-perm")
+        .arg(&perm)
+        .arg("--quiet")
+        .assert()
+        .success();
+    let diff = differing_tensors(&f.join("a"), &out);
+    assert!(diff.is_empty(), "{diff:?}");
+    let want = PermFile::load(&f.join("perm_per_head.json"))
+        .unwrap()
+        .groups;
+    let got = PermFile::load(&perm).unwrap().groups;
+    assert_eq!(got, want);
+    // The per-head permutations really differ between heads.
+    assert_ne!(want["layers.0.vo_dims.0"], want["layers.0.vo_dims.1"]);
+}
