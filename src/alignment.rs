@@ -802,6 +802,71 @@ mod tests {
             .collect()
     }
 
+    fn group(name: &str, size: usize, kind: &str, members: Vec<AxisMember>) -> PermGroup {
+        PermGroup {
+            name: name.into(),
+            size,
+            kind: Some(kind.into()),
+            members,
+        }
+    }
+
+    /// Per-head V dims (2 heads of 3) listed before the head group.
+    fn per_head_spec() -> PermutationSpec {
+        let dims = |k: usize| {
+            group(
+                &format!("vo_dims.{k}"),
+                3,
+                "vo_dims",
+                vec![AxisMember {
+                    start: 3 * k,
+                    ..AxisMember::plain("v", 0)
+                }],
+            )
+        };
+        PermutationSpec::new(
+            None,
+            vec![
+                dims(0),
+                dims(1),
+                group(
+                    "heads",
+                    2,
+                    "heads",
+                    vec![AxisMember {
+                        block: 3,
+                        ..AxisMember::plain("v", 0)
+                    }],
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn sibling_per_head_groups_are_tied_into_one_for_the_first_phase() {
+        let (tied, owner) = tie_siblings(&per_head_spec()).expect("siblings");
+        assert_eq!(tied.groups.len(), 2);
+        assert_eq!(tied.groups[0].name, "vo_dims");
+        assert_eq!(tied.groups[0].members.len(), 2);
+        assert_eq!(owner, vec![0, 0, 1]);
+        // No siblings: nothing to tie.
+        let mut single = per_head_spec();
+        single.groups.remove(1);
+        assert!(tie_siblings(&single).is_none());
+    }
+
+    #[test]
+    fn a_per_head_group_is_relabelled_to_the_slot_its_head_moves_to() {
+        let spec = per_head_spec();
+        let src = Mem([("v".to_string(), (vec![6, 1], values(6, 9)))].into());
+        // Heads swapped: head 0's dims end up in slot 1 (positions 3..6).
+        let perms = vec![vec![0, 1, 2], vec![0, 1, 2], vec![1, 0]];
+        let maps = later_maps(&spec, 0, &src, &perms).unwrap();
+        assert_eq!(maps[0], Some(vec![3, 4, 5, 0, 1, 2]));
+        // The head group itself is last: nothing after it.
+        assert_eq!(later_maps(&spec, 2, &src, &perms).unwrap(), vec![None]);
+    }
+
     #[test]
     fn permuted_rows_are_the_rows_of_the_permuted_tensor() {
         let src = Mem([("w".to_string(), (vec![4, 3], values(12, 1)))].into());
