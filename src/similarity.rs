@@ -10,8 +10,11 @@
 //! through ndarray) accumulated into an f64 matrix across members. When the
 //! unit axis is the first or the last one and unblocked, the tensor is used
 //! in place as a (transposed) matrix view; other layouts are copied once.
+//! [`accumulate_f32`] takes a stretch of axis-0 slices at a time, so callers
+//! can stream large tensors (embeddings, LM heads) in row chunks.
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
 
 use crate::spec::AxisMember;
 
@@ -19,14 +22,29 @@ use crate::spec::AxisMember;
 /// `a` and `b` are the whole tensors (same `shape`), decoded to f32, with
 /// every *other* group's permutation already applied to `b`.
 pub fn accumulate(s: &mut [f64], a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) {
-    let contribution = member_gram(a, b, shape, m, n);
+    let mut contribution = vec![0.0f32; n * n];
+    accumulate_f32(&mut contribution, a, b, shape, m, n);
     for (x, y) in s.iter_mut().zip(contribution.iter()) {
         *x += *y as f64;
     }
 }
 
-/// `A_u · B_uᵀ` for one member, as an `n × n` f32 matrix.
-fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) -> Array2<f32> {
+/// Adds `A_u · B_uᵀ` for one member to the f32 `n × n` matrix `acc`.
+///
+/// For a member on axis ≥ 1, `a` and `b` may be any stretch of whole
+/// slices along axis 0 (`shape[0]` is then the stretch's length): a unit's
+/// vector is the concatenation over axis 0, so stretches add up to the
+/// whole member. This is how large tensors are processed in row chunks
+/// without materialising them in f32.
+pub fn accumulate_f32(
+    acc: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    shape: &[usize],
+    m: &AxisMember,
+    n: usize,
+) {
+    let mut out = ArrayViewMut2::from_shape((n, n), acc).expect("n × n accumulator");
     let axis_len = shape[m.axis];
     let pre: usize = shape[..m.axis].iter().product();
     let post: usize = shape[m.axis + 1..].iter().product();
@@ -36,7 +54,8 @@ fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) 
         let off = m.start * post;
         let av = ArrayView2::from_shape((n, width), &a[off..off + n * width]).expect("unit rows");
         let bv = ArrayView2::from_shape((n, width), &b[off..off + n * width]).expect("unit rows");
-        return av.dot(&bv.t());
+        general_mat_mul(1.0, &av, &bv.t(), 1.0, &mut out);
+        return;
     }
     if post == 1 && m.block == 1 && m.repeat == 1 {
         // Units are columns of a [pre, axis_len] matrix.
@@ -44,11 +63,51 @@ fn member_gram(a: &[f32], b: &[f32], shape: &[usize], m: &AxisMember, n: usize) 
         let bv = ArrayView2::from_shape((pre, axis_len), b).expect("matrix");
         let av = av.slice(s![.., m.start..m.start + n]);
         let bv = bv.slice(s![.., m.start..m.start + n]);
-        return av.t().dot(&bv);
+        general_mat_mul(1.0, &av.t(), &bv, 1.0, &mut out);
+        return;
     }
     let au = unit_major(a, pre, axis_len, post, m, n);
     let bu = unit_major(b, pre, axis_len, post, m, n);
-    au.dot(&bu.t())
+    general_mat_mul(1.0, &au, &bu.t(), 1.0, &mut out);
+}
+
+/// Adds `Σ ⟨A[units[i]], B[units[j]]⟩` to the `n × n` matrix `s`, where
+/// `units[u]` lists the axis positions of unit `u` explicitly (every unit the
+/// same number, in matching order). Used for groups whose positions have
+/// been relabelled through the groups composed after them.
+pub fn accumulate_positions(
+    s: &mut [f64],
+    a: &[f32],
+    b: &[f32],
+    shape: &[usize],
+    axis: usize,
+    units: &[Vec<usize>],
+) {
+    let n = units.len();
+    let axis_len = shape[axis];
+    let pre: usize = shape[..axis].iter().product();
+    let post: usize = shape[axis + 1..].iter().product();
+    let per = units.first().map_or(0, Vec::len);
+    let gather = |x: &[f32]| {
+        let mut out = Array2::<f32>::zeros((n, pre * per * post));
+        for (u, positions) in units.iter().enumerate() {
+            let mut row = out.row_mut(u);
+            let row = row.as_slice_mut().expect("standard layout");
+            let mut k = 0;
+            for p in 0..pre {
+                for &pos in positions {
+                    let base = (p * axis_len + pos) * post;
+                    row[k..k + post].copy_from_slice(&x[base..base + post]);
+                    k += post;
+                }
+            }
+        }
+        out
+    };
+    let g = gather(a).dot(&gather(b).t());
+    for (x, y) in s.iter_mut().zip(g.iter()) {
+        *x += *y as f64;
+    }
 }
 
 /// Copies a tensor viewed as `[pre, axis_len, post]` into `[n, L]`, row `u`
@@ -128,6 +187,39 @@ mod tests {
         let s = gram(&a, &a, &[4], &m, 2);
         // (1·1+2·2, 1·3+2·4; 3·1+4·2, 3·3+4·4)
         assert_eq!(s, vec![5., 11., 11., 25.]);
+    }
+
+    #[test]
+    fn row_chunks_of_a_member_add_up_to_the_whole_member() {
+        // shape [5, 3, 4]: units on axis 2 (columns) and, blocked, on axis 1.
+        let a: Vec<f32> = (0..60).map(|x| ((x * 37) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..60).map(|x| ((x * 13) % 7) as f32 - 3.0).collect();
+        for (m, n) in [
+            (AxisMember::plain("t", 2), 4),
+            (
+                AxisMember {
+                    block: 1,
+                    repeat: 1,
+                    ..AxisMember::plain("t", 1)
+                },
+                3,
+            ),
+        ] {
+            let mut whole = vec![0.0f32; n * n];
+            accumulate_f32(&mut whole, &a, &b, &[5, 3, 4], &m, n);
+            let mut chunked = vec![0.0f32; n * n];
+            for (r0, r1) in [(0, 2), (2, 3), (3, 5)] {
+                accumulate_f32(
+                    &mut chunked,
+                    &a[r0 * 12..r1 * 12],
+                    &b[r0 * 12..r1 * 12],
+                    &[r1 - r0, 3, 4],
+                    &m,
+                    n,
+                );
+            }
+            assert_eq!(whole, chunked);
+        }
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
             "sweeps": r.sweeps,
             "converged": r.converged,
             "seconds": r.seconds,
+            "sweep_seconds": r.sweep_seconds,
             "groups": r.groups,
             "saved_perm": a.save_perm.as_ref().map(|p| p.display().to_string()),
         });

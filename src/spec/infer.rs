@@ -21,9 +21,58 @@ use super::{AxisMember, PermGroup, PermutationSpec};
 /// Parameter names of a normalisation layer that follow its channels.
 const NORM_VECTORS: &[&str] = &["weight", "bias", "running_mean", "running_var"];
 
-/// Infers a spec for `ckpt` (an MLP or CNN chain).
+/// Infers a spec for `ckpt`: transformers (BERT/RoBERTa, GPT-2, LLaMA
+/// family) and torchvision ResNets first, then MLP/CNN chains. Head counts
+/// come from the `config.json` of the checkpoint's model directory (or the
+/// directory of a single file) when there is one.
 pub fn infer(ckpt: &Checkpoint) -> Result<PermutationSpec> {
-    infer_chain(ckpt)
+    let config = load_config(ckpt)?;
+    if let Some(s) = super::transformer::infer(ckpt, config.as_ref())? {
+        return Ok(s);
+    }
+    if let Some(s) = super::resnet::infer(ckpt)? {
+        return Ok(s);
+    }
+    infer_chain(ckpt).map_err(|e| match e {
+        Error::Spec { path, reason } => {
+            let arch = config
+                .as_ref()
+                .and_then(|c| c.get("architectures"))
+                .and_then(|a| a.get(0))
+                .and_then(serde_json::Value::as_str)
+                .map(|a| format!(" (config.json: {a})"))
+                .unwrap_or_default();
+            Error::Spec {
+                path,
+                reason: format!(
+                    "unknown architecture{arch}: not an MLP/CNN chain, BERT/RoBERTa, GPT-2, LLaMA-family (Llama, Mistral, Qwen2) or torchvision ResNet. {reason}"
+                ),
+            }
+        }
+        other => other,
+    })
+}
+
+/// The checkpoint's `config.json`: in its model directory, or next to a
+/// single file. `None` when there is none (or it is not a JSON object).
+pub fn load_config(ckpt: &Checkpoint) -> Result<Option<serde_json::Value>> {
+    let dir = match ckpt.model_dir() {
+        Some(d) => d.to_path_buf(),
+        None => match ckpt.source().parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        },
+    };
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    // A `config.json` that is not a JSON object is not a model config: the
+    // transformer families then report that head counts are unknown.
+    Ok(serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .filter(serde_json::Value::is_object))
 }
 
 fn ambiguous(ckpt: &Checkpoint, reason: String) -> Error {
@@ -181,8 +230,18 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
         return Err(ambiguous(
             ckpt,
             format!(
-                "tensors that are neither Linear/Conv layers nor per-channel norms: {}",
-                unknown.join("; ")
+                "tensors that are neither Linear/Conv layers nor per-channel norms: {}{}",
+                unknown
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                if unknown.len() > 5 {
+                    format!("; … ({} modules in all)", unknown.len())
+                } else {
+                    String::new()
+                }
             ),
         ));
     }

@@ -13,11 +13,17 @@
 //! - the flatten of a conv's channels into a Linear: `block = H·W`.
 //!
 //! Applying group permutation `p` means: the output's unit `u` is the input's
-//! unit `p[u]` (`W1' = W1[p, :]`, `W2' = W2[:, p]`). Groups that act on the
-//! same axis must commute (their block structures nest, like heads and
-//! within-head dimensions); their maps are composed in spec order.
+//! unit `p[u]` (`W1' = W1[p, :]`, `W2' = W2[:, p]`). Maps of groups that act
+//! on the same axis are composed in spec order (`M = m_1 ∘ m_2 ∘ …`, output
+//! position → stored position): an earlier group acts on the stored
+//! positions, a later one moves the result. Nested groups (heads and
+//! within-head dimensions shared by all heads) commute; a per-head group
+//! listed before the head group follows its head (weight matching relabels
+//! such groups, see `alignment`).
 
 pub mod infer;
+pub mod resnet;
+pub mod transformer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

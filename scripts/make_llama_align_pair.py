@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""A LLaMA-style pair for the alignment benchmark (scripts/bench_align_llama.sh).
+
+    python3 scripts/make_llama_align_pair.py DIR [--layers 8] [--noise 0.05]
+
+writes
+
+    DIR/a/model.safetensors + config.json               one file, bf16
+    DIR/b/model-0000{1..3}-of-00003.safetensors         three shards, bf16
+    DIR/b/model.safetensors.index.json + config.json
+    DIR/truth.perm.json                                  polymerge-perm/1: the
+        permutation per group that maps B back onto A
+
+Shape: TinyLlama-like widths: vocab 32000, d_model 2048, FFN 5632, 16 heads,
+4 KV heads (head_dim 128), untied lm_head, 8 layers: 491,792,384 parameters.
+
+A: LLaMA's init (N(0, 0.02²) for matrices, RMSNorm weights 1 + N(0, 0.1²)
+so that the residual group has something to match there too).
+B: A permuted in every group polymerge infers for this architecture
+(residual, per layer heads / query_heads / vo_dims / ffn; no Q/K dims under
+RoPE), plus Gaussian noise of `--noise` × each tensor's std: a *permuted
+noisy copy* rather than an independent init, so the benchmark also checks
+that alignment recovers the permutation at this scale (an independent init
+has no right answer to compare with, and its sweeps cost the same).
+
+numpy only; written tensor by tensor (memory: a few tensors), bf16 by
+round-to-nearest-even of the f32 values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+VOCAB, D, FFN, HEADS, KV, LAYERS = 32000, 2048, 5632, 16, 4, 8
+HD = D // HEADS
+
+
+def tensors(layers: int):
+    out = [("model.embed_tokens.weight", (VOCAB, D))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out += [
+            (p + "self_attn.q_proj.weight", (HEADS * HD, D)),
+            (p + "self_attn.k_proj.weight", (KV * HD, D)),
+            (p + "self_attn.v_proj.weight", (KV * HD, D)),
+            (p + "self_attn.o_proj.weight", (D, HEADS * HD)),
+            (p + "mlp.gate_proj.weight", (FFN, D)),
+            (p + "mlp.up_proj.weight", (FFN, D)),
+            (p + "mlp.down_proj.weight", (D, FFN)),
+            (p + "input_layernorm.weight", (D,)),
+            (p + "post_attention_layernorm.weight", (D,)),
+        ]
+    out += [("model.norm.weight", (D,)), ("lm_head.weight", (VOCAB, D))]
+    return out
+
+
+def bf16_bytes(x: np.ndarray) -> bytes:
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return r.tobytes()
+
+
+def head_index(kv, grp, dim):
+    g, hd = len(grp), len(dim)
+    return ((kv[:, None, None] * g + grp[None, :, None]) * hd + dim[None, None, :]).reshape(-1)
+
+
+def write_file(path: Path, items, produce):
+    """items: [(name, shape)]; produce(name) -> f32 array. Header first."""
+    header, off = {}, 0
+    for name, shape in items:
+        n = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for name, _ in items:
+            f.write(bf16_bytes(produce(name)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--layers", type=int, default=LAYERS)
+    ap.add_argument("--noise", type=float, default=0.05)
+    args = ap.parse_args()
+    items = tensors(args.layers)
+    shapes = dict(items)
+    rng = np.random.default_rng(1234)
+    # Permutations (new unit u of B = A's unit q[u]).
+    groups = {"residual": rng.permutation(D)}
+    for i in range(args.layers):
+        groups[f"layers.{i}.heads"] = rng.permutation(KV)
+        groups[f"layers.{i}.query_heads"] = rng.permutation(HEADS // KV)
+        groups[f"layers.{i}.vo_dims"] = rng.permutation(HD)
+        groups[f"layers.{i}.ffn"] = rng.permutation(FFN)
+    r = groups["residual"]
+    ident = np.arange(HD)
+    zero = np.zeros(1, dtype=np.int64)
+
+    def a_tensor(name):
+        seed = int.from_bytes(name.encode()[-8:].ljust(8, b"\0"), "little") ^ len(name)
+        g = np.random.default_rng([seed, 42])
+        shape = shapes[name]
+        if len(shape) == 1:
+            return (1.0 + 0.1 * g.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+        return (0.02 * g.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+
+    def b_tensor(name):
+        x = a_tensor(name)
+        if name.endswith("norm.weight"):
+            x = x[r]
+        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
+            x = x[:, r]
+        else:
+            i = name.split(".")[2]
+            kh = groups[f"layers.{i}.heads"]
+            qg = groups[f"layers.{i}.query_heads"]
+            vo = groups[f"layers.{i}.vo_dims"]
+            f = groups[f"layers.{i}.ffn"]
+            if "q_proj" in name:
+                x = x[head_index(kh, qg, ident)][:, r]
+            elif "k_proj" in name:
+                x = x[head_index(kh, zero, ident)][:, r]
+            elif "v_proj" in name:
+                x = x[head_index(kh, zero, vo)][:, r]
+            elif "o_proj" in name:
+                x = x[r][:, head_index(kh, qg, vo)]
+            elif "gate_proj" in name or "up_proj" in name:
+                x = x[f][:, r]
+            elif "down_proj" in name:
+                x = x[r][:, f]
+            else:
+                raise ValueError(name)
+        g = np.random.default_rng([len(name), sum(name.encode()), 7])
+        std = float(x.std())
+        return x + (args.noise * std) * g.standard_normal(x.shape, dtype=np.float32)
+
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": D,
+        "intermediate_size": FFN,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV,
+        "num_hidden_layers": args.layers,
+        "vocab_size": VOCAB,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
+    for sub in ("a", "b"):
+        (args.dir / sub).mkdir(parents=True, exist_ok=True)
+        (args.dir / sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # A: one file, name order (as `safetensors` writes).
+    write_file(args.dir / "a" / "model.safetensors", sorted(items), a_tensor)
+    # B: three shards in module order.
+    per = (len(items) + 2) // 3
+    shards = [items[k : k + per] for k in range(0, len(items), per)]
+    weight_map = {}
+    for k, part in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        write_file(args.dir / "b" / fname, sorted(part), b_tensor)
+        weight_map.update({n: fname for n, _ in part})
+    (args.dir / "b" / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1) + "\n"
+    )
+    inv = {k: np.argsort(v).tolist() for k, v in groups.items()}
+    (args.dir / "truth.perm.json").write_text(json.dumps({"format": "polymerge-perm/1", "groups": inv}) + "\n")
+    print("parameters", sum(int(np.prod(s)) for _, s in items))
+
+
+if __name__ == "__main__":
+    main()
