@@ -13,12 +13,15 @@
 //!
 //! Work is split into chunks of [`CHUNK_ELEMS`] output elements: each chunk is
 //! computed by the rayon pool in sub-blocks of [`SUB_ELEMS`] while a writer
-//! thread appends the previous chunk to the output, and the input pages a
-//! chunk consumed are dropped from the resident set right after. Peak memory
+//! thread appends the previous chunk to the output (and has the kernel write
+//! it back to disk as it goes), and the input pages consumed are dropped from
+//! the resident set every 16 MiB. Peak memory
 //! is a few chunks, whatever the model size.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::time::Instant;
 
@@ -38,6 +41,10 @@ pub const CHUNK_ELEMS: usize = 1 << 20;
 /// Elements per parallel work item inside a chunk: 16 Ki f32 accumulators
 /// (64 KiB) stay in L2 while every input is folded in.
 pub const SUB_ELEMS: usize = 1 << 14;
+/// Consumed input bytes (of the widest input) after which their pages are
+/// dropped from the resident set: 16 MiB per input bounds what streaming
+/// keeps mapped while making the `madvise` calls few.
+const RELEASE_BYTES: usize = 16 << 20;
 /// Chunks queued between the compute loop and the writer thread.
 const QUEUE_DEPTH: usize = 2;
 
@@ -294,7 +301,7 @@ struct Source<'a> {
 impl<'a> Source<'a> {
     /// Bytes of output elements `range`: a slice of the mapping when the
     /// tensor is not permuted, else gathered into `scratch`.
-    fn fetch<'s>(&'s self, range: std::ops::Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+    fn fetch<'s>(&'s self, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
         match self.perm {
             None => &self.bytes[range.start * self.elem..range.end * self.elem],
             Some(p) => {
@@ -364,11 +371,14 @@ pub fn run(
                     params += numel as u64;
                 }
                 let mut offset = 0usize;
+                let mut released = 0usize;
+                let max_elem = sources.iter().map(|s| s.elem).max().unwrap_or(1);
                 // A 0-element tensor still gets one (empty) pass.
                 loop {
                     let n = CHUNK_ELEMS.min(numel - offset);
+                    // A recycled buffer is not cleared: every byte of it
+                    // is overwritten below.
                     let mut buf = back_rx.try_recv().unwrap_or_default();
-                    buf.clear();
                     buf.resize(n * out_elem, 0);
                     let range = offset..offset + n;
                     match pt.action {
@@ -378,7 +388,7 @@ pub fn run(
                         }
                         Action::AverageF32 => {
                             let c = average_chunk_f32(
-                                &sources,
+                                sources.as_slice(),
                                 &weights32,
                                 sum64 as f32,
                                 pt.plan.dtype,
@@ -389,7 +399,7 @@ pub fn run(
                         }
                         Action::AverageF64 => {
                             let c = average_chunk_f64(
-                                &sources,
+                                sources.as_slice(),
                                 &opts.weights,
                                 sum64,
                                 pt.plan.dtype,
@@ -403,15 +413,21 @@ pub fn run(
                         // The writer thread stopped: its error is reported below.
                         return Ok(());
                     }
-                    for s in &sources {
-                        if s.perm.is_none() {
-                            s.ckpt
-                                .release(s.info, range.start * s.elem..range.end * s.elem);
+                    offset += n;
+                    // Drop the input pages consumed so far from the resident
+                    // set, in batches: each `madvise` costs a TLB shootdown
+                    // on every core that ran a worker.
+                    if (offset - released) * max_elem >= RELEASE_BYTES || offset >= numel {
+                        for s in &sources {
+                            if s.perm.is_none() {
+                                s.ckpt
+                                    .release_consumed(s.info, released * s.elem..offset * s.elem);
+                            }
                         }
+                        released = offset;
                     }
                     done += (n * out_elem) as u64;
                     progress(done);
-                    offset += n;
                     if offset >= numel {
                         break;
                     }
@@ -476,118 +492,163 @@ fn check_identical(sources: &[Source]) -> Result<()> {
     Ok(())
 }
 
-/// Per-worker scratch space for one sub-block.
+/// The inputs of one chunk: each input's element bytes over a range of
+/// output elements, either borrowed from a mapping or gathered into scratch.
+trait ChunkInputs: Sync {
+    fn len(&self) -> usize;
+    fn dtype(&self, i: usize) -> Dtype;
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8];
+}
+
+impl ChunkInputs for [Source<'_>] {
+    fn len(&self) -> usize {
+        <[Source]>::len(self)
+    }
+    fn dtype(&self, i: usize) -> Dtype {
+        self[i].info.dtype
+    }
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+        self[i].fetch(range, scratch)
+    }
+}
+
+impl ChunkInputs for [(Dtype, &[u8])] {
+    fn len(&self) -> usize {
+        <[(Dtype, &[u8])]>::len(self)
+    }
+    fn dtype(&self, i: usize) -> Dtype {
+        self[i].0
+    }
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, _: &'s mut Vec<u8>) -> &'s [u8] {
+        let (dtype, bytes) = self[i];
+        let w = dtype::size_of(dtype);
+        &bytes[range.start * w..range.end * w]
+    }
+}
+
+/// Per-thread scratch space for one sub-block, kept for the life of the
+/// thread (rayon's pool threads live as long as the process), so averaging
+/// allocates nothing per chunk.
 #[derive(Default)]
-struct Scratch<T> {
-    acc: Vec<T>,
-    x: Vec<T>,
+struct Scratch {
+    acc32: Vec<f32>,
+    acc64: Vec<f64>,
+    x64: Vec<f64>,
     bytes: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// NaN/Inf counts per input, added to only when non-zero (rarely).
+fn new_counts(n: usize) -> Vec<AtomicU64> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+fn into_counts(c: Vec<AtomicU64>) -> Vec<u64> {
+    c.into_iter().map(AtomicU64::into_inner).collect()
+}
+
+/// Weighted average of whole in-memory inputs, each given as its dtype and
+/// little-endian element bytes (any alignment), into `out` (as many elements
+/// of `out_dtype`), with f32 arithmetic: `out = encode(Σ wᵢ·xᵢ / divisor)`,
+/// bit for bit what [`run`] computes for each tensor (pass
+/// `divisor = f32(Σwᵢ)` with Σwᵢ summed in f64). Returns the NaN/Inf count of
+/// each input. Work is split over the rayon pool as in [`run`]; this is the
+/// kernel the `average` benchmark measures.
+///
+/// Panics if an input is shorter than `out`, or a dtype is not a float dtype.
+pub fn average_slices_f32(
+    inputs: &[(Dtype, &[u8])],
+    weights: &[f32],
+    divisor: f32,
+    out_dtype: Dtype,
+    out: &mut [u8],
+) -> Vec<u64> {
+    let n = out.len() / dtype::size_of(out_dtype);
+    for &(d, b) in inputs {
+        assert!(
+            b.len() >= n * dtype::size_of(d),
+            "input shorter than output"
+        );
+    }
+    average_chunk_f32(inputs, weights, divisor, out_dtype, 0..n, out)
 }
 
 /// Averages output elements `range` into `out` with f32 arithmetic; returns
 /// the NaN/Inf count of each input over the range.
-fn average_chunk_f32(
-    sources: &[Source],
+fn average_chunk_f32<I: ChunkInputs + ?Sized>(
+    sources: &I,
     weights: &[f32],
     divisor: f32,
     out_dtype: Dtype,
-    range: std::ops::Range<usize>,
+    range: Range<usize>,
     out: &mut [u8],
 ) -> Vec<u64> {
     let out_elem = dtype::size_of(out_dtype);
+    let counts = new_counts(sources.len());
     out.par_chunks_mut(SUB_ELEMS * out_elem)
         .enumerate()
-        .map_init(Scratch::<f32>::default, |s, (k, out_block)| {
-            let n = out_block.len() / out_elem;
-            let lo = range.start + k * SUB_ELEMS;
-            let mut counts = vec![0u64; sources.len()];
-            s.acc.clear();
-            s.acc.resize(n, 0.0);
-            s.x.resize(n, 0.0);
-            for (i, src) in sources.iter().enumerate() {
-                let bytes = src.fetch(lo..lo + n, &mut s.bytes);
-                dtype::decode_f32(src.info.dtype, bytes, &mut s.x);
-                let w = weights[i];
-                let mut bad = 0u64;
-                if i == 0 {
-                    // Python's sum() starts from 0: 0 + w·x (turns -0.0 into +0.0).
-                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
-                        bad += u64::from(!x.is_finite());
-                        *a = 0.0 + w * x;
-                    }
-                } else {
-                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
-                        bad += u64::from(!x.is_finite());
-                        *a += w * x;
+        .for_each(|(k, out_block)| {
+            SCRATCH.with_borrow_mut(|s| {
+                let n = out_block.len() / out_elem;
+                let lo = range.start + k * SUB_ELEMS;
+                // The first term overwrites acc (as Python's `0 + w·x`).
+                s.acc32.resize(n, 0.0);
+                for (i, &w) in weights.iter().enumerate() {
+                    let bytes = sources.fetch(i, lo..lo + n, &mut s.bytes);
+                    let bad =
+                        dtype::accumulate_f32(sources.dtype(i), bytes, w, &mut s.acc32, i == 0);
+                    if bad != 0 {
+                        counts[i].fetch_add(bad, Ordering::Relaxed);
                     }
                 }
-                counts[i] = bad;
-            }
-            for a in s.acc.iter_mut() {
-                *a /= divisor;
-            }
-            dtype::encode_f32(out_dtype, &s.acc, out_block);
-            counts
-        })
-        .reduce(
-            || vec![0u64; sources.len()],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+                dtype::divide_encode_f32(&s.acc32, divisor, out_dtype, out_block);
+            })
+        });
+    into_counts(counts)
 }
 
 /// As [`average_chunk_f32`] with f64 arithmetic.
-fn average_chunk_f64(
-    sources: &[Source],
+fn average_chunk_f64<I: ChunkInputs + ?Sized>(
+    sources: &I,
     weights: &[f64],
     divisor: f64,
     out_dtype: Dtype,
-    range: std::ops::Range<usize>,
+    range: Range<usize>,
     out: &mut [u8],
 ) -> Vec<u64> {
     let out_elem = dtype::size_of(out_dtype);
+    let counts = new_counts(sources.len());
     out.par_chunks_mut(SUB_ELEMS * out_elem)
         .enumerate()
-        .map_init(Scratch::<f64>::default, |s, (k, out_block)| {
-            let n = out_block.len() / out_elem;
-            let lo = range.start + k * SUB_ELEMS;
-            let mut counts = vec![0u64; sources.len()];
-            s.acc.clear();
-            s.acc.resize(n, 0.0);
-            s.x.resize(n, 0.0);
-            for (i, src) in sources.iter().enumerate() {
-                let bytes = src.fetch(lo..lo + n, &mut s.bytes);
-                dtype::decode_f64(src.info.dtype, bytes, &mut s.x);
-                let w = weights[i];
-                let mut bad = 0u64;
-                if i == 0 {
-                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
-                        bad += u64::from(!x.is_finite());
-                        *a = 0.0 + w * x;
-                    }
-                } else {
-                    for (a, &x) in s.acc.iter_mut().zip(&s.x) {
+        .for_each(|(k, out_block)| {
+            SCRATCH.with_borrow_mut(|s| {
+                let n = out_block.len() / out_elem;
+                let lo = range.start + k * SUB_ELEMS;
+                s.acc64.clear();
+                s.acc64.resize(n, 0.0);
+                s.x64.resize(n, 0.0);
+                for (i, &w) in weights.iter().enumerate() {
+                    let bytes = sources.fetch(i, lo..lo + n, &mut s.bytes);
+                    dtype::decode_f64(sources.dtype(i), bytes, &mut s.x64);
+                    let mut bad = 0u64;
+                    for (a, &x) in s.acc64.iter_mut().zip(&s.x64) {
                         bad += u64::from(!x.is_finite());
                         *a += w * x;
                     }
+                    if bad != 0 {
+                        counts[i].fetch_add(bad, Ordering::Relaxed);
+                    }
                 }
-                counts[i] = bad;
-            }
-            for a in s.acc.iter_mut() {
-                *a /= divisor;
-            }
-            dtype::encode_f64(out_dtype, &s.acc, out_block);
-            counts
-        })
-        .reduce(
-            || vec![0u64; sources.len()],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+                for a in s.acc64.iter_mut() {
+                    *a /= divisor;
+                }
+                dtype::encode_f64(out_dtype, &s.acc64, out_block);
+            })
+        });
+    into_counts(counts)
 }
 
 /// The `__metadata__` of a merge output: the first input's, plus

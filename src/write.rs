@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 /// `transformers`' `save_pretrained(max_shard_size="5GB")` (decimal units).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
+/// Written bytes after which [`CheckpointWriter`] starts their writeback.
+const WRITEBACK_BYTES: u64 = 32 << 20;
+
 /// Weight file endings that are not copied from an input model directory.
 const WEIGHT_SUFFIXES: &[&str] = &[
     ".safetensors",
@@ -157,6 +160,10 @@ pub struct CheckpointWriter {
     file: Option<File>,
     /// Bytes still expected for the current shard.
     remaining: u64,
+    /// Bytes of the current shard written so far (header included), and how
+    /// many of them have been handed to the kernel for writeback.
+    written: u64,
+    flushed: u64,
     finished: bool,
 }
 
@@ -227,6 +234,8 @@ impl CheckpointWriter {
             shard: 0,
             file: None,
             remaining: 0,
+            written: 0,
+            flushed: 0,
             finished: false,
         };
         writer.open_shard(0).inspect_err(|_| writer.cleanup())?;
@@ -258,6 +267,8 @@ impl CheckpointWriter {
             .map_err(|e| output_error(&target, &path, e))?;
         self.shard = i;
         self.remaining = self.shards[i].data_bytes;
+        self.written = 8 + header.len() as u64;
+        self.flushed = 0;
         self.file = Some(file);
         Ok(())
     }
@@ -313,9 +324,26 @@ impl CheckpointWriter {
                 .write_all(&bytes[..n])
                 .map_err(|e| output_error(&target, &path, e))?;
             self.remaining -= n as u64;
+            self.written += n as u64;
             bytes = &bytes[n..];
+            if self.written - self.flushed >= WRITEBACK_BYTES {
+                self.start_writeback();
+            }
         }
         Ok(())
+    }
+
+    /// Starts (without waiting for) writeback of the bytes written since the
+    /// last call, so the disk works while the merge goes on and the `fsync`
+    /// before the rename has little left to do. Without it all of the output
+    /// sits dirty in the page cache until that `fsync` (the kernel's own
+    /// background writeback starts only at 10% of RAM dirty), which then
+    /// waits for the whole file.
+    fn start_writeback(&mut self) {
+        if let Some(f) = &self.file {
+            crate::checkpoint::start_writeback(f, self.flushed..self.written);
+        }
+        self.flushed = self.written;
     }
 
     fn close_shard(&mut self) -> Result<()> {

@@ -1,4 +1,5 @@
-//! Memory-mapped checkpoint files: the one place where polymerge uses `unsafe`.
+//! Memory-mapped checkpoint files, and the one write-side OS hint: the one
+//! place where polymerge uses `unsafe`.
 //!
 //! A checkpoint is mapped read-only and never copied as a whole; tensors are
 //! decoded straight from the mapping. After a stretch of a tensor has been
@@ -64,6 +65,23 @@ impl MappedFile {
         let page = RELEASE_ALIGN;
         let start = range.start.div_ceil(page) * page;
         let end = (range.end.min(self.map.len()) / page) * page;
+        self.drop_pages(start, end);
+    }
+
+    /// As [`Self::release`], but also drops the partial pages at either end
+    /// (a later read of bytes there faults them back in).
+    pub fn release_covering(&self, range: Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        let page = RELEASE_ALIGN;
+        let start = (range.start / page) * page;
+        let end = range.end.div_ceil(page) * page;
+        self.drop_pages(start, end.min(self.map.len()));
+    }
+
+    /// `madvise(DONTNEED)` on `start..end`; `start` is 64 KiB aligned.
+    fn drop_pages(&self, start: usize, end: usize) {
         if end <= start {
             return;
         }
@@ -77,6 +95,33 @@ impl MappedFile {
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
         };
     }
+}
+
+/// Starts writeback of bytes `range` of `file` to disk without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later `fsync` has
+/// less left to do. Errors are ignored: this is only a hint, and the `fsync`
+/// reports real I/O errors. A no-op outside Linux.
+pub(crate) fn start_writeback(file: &File, range: Range<u64>) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let len = range.end.saturating_sub(range.start);
+        if len == 0 {
+            return;
+        }
+        // SAFETY: a plain syscall on a descriptor `file` keeps open; it
+        // reads and writes none of this process's memory.
+        let _ = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                range.start as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, range);
 }
 
 /// Alignment of the ranges handed to `madvise`: 64 KiB, the largest base

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use mmap::MappedFile;
+pub(crate) use mmap::start_writeback;
 
 /// Name of the single-file weights in a Hugging Face model directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -306,6 +307,16 @@ impl Checkpoint {
     /// from the resident set; see [`mmap::MappedFile::release`].
     pub fn release(&self, t: &TensorInfo, range: std::ops::Range<usize>) {
         self.shards[t.shard].release(t.start + range.start..t.start + range.end);
+    }
+
+    /// Drops every page that holds any of bytes `range` (relative to the
+    /// tensor's data) of `t` from the resident set: unlike [`Self::release`],
+    /// the partial pages at either end go too. For streaming: pages shared
+    /// with data not yet read are simply faulted back in (from the page
+    /// cache) when it is, so a run of consecutive calls leaves nothing
+    /// behind at their boundaries.
+    pub(crate) fn release_consumed(&self, t: &TensorInfo, range: std::ops::Range<usize>) {
+        self.shards[t.shard].release_covering(t.start + range.start..t.start + range.end);
     }
 
     /// Decodes a float tensor into a new f32 vector.

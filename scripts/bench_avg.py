@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Benchmark `polymerge avg` against the I/O floor and the PyTorch reference.
+
+    python3 scripts/bench_avg.py [DIR] [--reps 3] [--no-reference]
+                                 [--polymerge NAME=BINARY ...] [--no-build]
+
+1. `cargo build --release` (unless --no-build or binaries are given).
+2. `scripts/make_llama_pair.py DIR` (default /tmp/polymerge-bench): two bf16
+   LLaMA-style checkpoints of 0.49 B params, A one file, B three shards +
+   index. Cached: regenerated only when missing or outdated.
+3. Warm-up: every input file is read once (`cat … > /dev/null`) so that all
+   variants start from a warm page cache (nothing is dropped: that would need
+   root). Each variant also runs once, untimed, before the timed rounds.
+4. `--reps` rounds; in each round every variant runs once, in the same order,
+   under `/usr/bin/time -v`:
+     floor      `cat A B-shards > /dev/null && cp A/model.safetensors OUT
+                 && sync OUT`: read both inputs once, write one copy of the
+                 output's size and fsync it (polymerge fsyncs its output
+                 before the atomic rename, so the floor does the same
+                 durability work). `sync FILE` is coreutils' fsync(FILE).
+     polymerge  `polymerge avg A B -o OUT --force --quiet`
+     reference  `python3 scripts/reference_avg.py OUT A B` (torch load_file,
+                 f32 weighted sum, .to(bf16), save_file; no fsync)
+   Before every run the output is deleted and `sync` flushes dirty pages
+   (both untimed), so no run pays for the previous one's writeback.
+5. A table of medians: wall seconds, peak RSS (MiB, "Maximum resident set
+   size"), wall / floor; then checks that polymerge's output holds exactly
+   the reference's tensors (names, dtypes, shapes, raw bytes).
+
+The exit status is 1 if an output differs from the reference or a target is
+missed (wall ≤ 1.5× floor, peak RSS ≤ 256 MiB), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME = "/usr/bin/time"
+WALL_TARGET = 1.5
+RSS_TARGET_MIB = 256
+
+
+def run_timed(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
+    """Runs cmd under /usr/bin/time -v; returns (wall seconds, peak RSS MiB)."""
+    t0 = time.perf_counter()
+    p = subprocess.run([TIME, "-v", *cmd], cwd=cwd, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
+    for line in p.stderr.splitlines():
+        if line.strip().startswith("Maximum resident set size (kbytes):"):
+            return wall, int(line.split(":")[1]) / 1024
+    sys.exit(f"no RSS in /usr/bin/time output:\n{p.stderr}")
+
+
+def header(path: str) -> tuple[int, dict]:
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return 8 + n, json.loads(f.read(n))
+
+
+def compare(out: str, ref: str) -> str | None:
+    """None if both files hold the same tensors byte for byte, else why not."""
+    so, ho = header(out)
+    sr, hr = header(ref)
+    ho.pop("__metadata__", None)
+    hr.pop("__metadata__", None)
+    if set(ho) != set(hr):
+        return f"tensor names differ: {sorted(set(ho) ^ set(hr))[:5]}"
+    with open(out, "rb") as fo, open(ref, "rb") as fr:
+        mo = mmap.mmap(fo.fileno(), 0, access=mmap.ACCESS_READ)
+        mr = mmap.mmap(fr.fileno(), 0, access=mmap.ACCESS_READ)
+        for name in hr:
+            a, b = ho[name], hr[name]
+            if (a["dtype"], a["shape"]) != (b["dtype"], b["shape"]):
+                return f"`{name}`: {a['dtype']}{a['shape']} vs {b['dtype']}{b['shape']}"
+            (a0, a1), (b0, b1) = a["data_offsets"], b["data_offsets"]
+            if mo[so + a0:so + a1] != mr[sr + b0:sr + b1]:
+                return f"`{name}`: bytes differ"
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir", nargs="?", default="/tmp/polymerge-bench")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the PyTorch reference (its output is still needed "
+                         "once for the equality check: kept from an earlier run)")
+    ap.add_argument("--polymerge", action="append", metavar="NAME=BINARY",
+                    help="polymerge binaries to compare (default: polymerge=target/release/polymerge)")
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+
+    if not os.path.exists(TIME):
+        sys.exit(f"{TIME} is missing: apt-get update && apt-get install -y time")
+    binaries = []
+    for spec in args.polymerge or ["polymerge=" + os.path.join(ROOT, "target/release/polymerge")]:
+        name, _, path = spec.partition("=")
+        binaries.append((name, os.path.abspath(path)))
+    if not args.no_build and not args.polymerge:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+
+    d = os.path.abspath(args.dir)
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts/make_llama_pair.py"), d],
+                   check=True)
+    a, b = os.path.join(d, "a"), os.path.join(d, "b")
+    inputs = sorted(os.path.join(a, f) for f in os.listdir(a) if f.endswith(".safetensors"))
+    inputs += sorted(os.path.join(b, f) for f in os.listdir(b) if f.endswith(".safetensors"))
+    out_dir = os.path.join(d, "out")
+    os.makedirs(out_dir, exist_ok=True)
+
+    variants: list[tuple[str, list[str], str]] = []
+    floor_out = os.path.join(out_dir, "floor.safetensors")
+    variants.append(("floor", ["sh", "-c", 'src=$1 dst=$2; shift 2; '
+                               'cat "$@" > /dev/null && cp "$src" "$dst" && sync "$dst"',
+                               "floor", os.path.join(a, "model.safetensors"), floor_out, *inputs],
+                     floor_out))
+    for name, path in binaries:
+        o = os.path.join(out_dir, f"{name}.safetensors")
+        variants.append((name, [path, "avg", a, b, "-o", o, "--force", "--quiet"], o))
+    ref_out = os.path.join(out_dir, "reference.safetensors")
+    if not args.no_reference:
+        variants.append(("reference", [sys.executable, os.path.join(ROOT, "scripts/reference_avg.py"),
+                                       ref_out, a, b], ref_out))
+
+    subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
+    results: dict[str, list[tuple[float, float]]] = {v[0]: [] for v in variants}
+    for rnd in range(args.reps + 1):
+        for name, cmd, out in variants:
+            if os.path.exists(out):
+                os.remove(out)
+            subprocess.run(["sync"], check=True)
+            wall, rss = run_timed(cmd)
+            if rnd > 0:  # round 0 is the untimed warm-up
+                results[name].append((wall, rss))
+                print(f"  round {rnd} {name:>12}: {wall:7.2f} s {rss:8.1f} MiB", flush=True)
+
+    floor = statistics.median(w for w, _ in results["floor"])
+    print()
+    print(f"{len(inputs)} input files, {sum(os.path.getsize(p) for p in inputs) / 1e9:.2f} GB; "
+          f"medians of {args.reps} runs")
+    print(f"| {'variant':<12} | {'wall s':>7} | {'peak RSS MiB':>12} | {'× floor':>7} |")
+    print(f"|{'-' * 14}|{'-' * 9}|{'-' * 14}|{'-' * 9}|")
+    status = 0
+    for name, _, _ in variants:
+        walls = [w for w, _ in results[name]]
+        rsss = [r for _, r in results[name]]
+        w, r = statistics.median(walls), statistics.median(rsss)
+        print(f"| {name:<12} | {w:7.2f} | {r:12.1f} | {w / floor:7.2f} |")
+        if name not in ("floor", "reference") and (w > WALL_TARGET * floor or r > RSS_TARGET_MIB):
+            status = 1
+    print()
+    print("all runs (wall s / RSS MiB):")
+    for name, _, _ in variants:
+        print(f"  {name:>12}: " + "  ".join(f"{w:.2f}/{r:.0f}" for w, r in results[name]))
+    print()
+    if not os.path.exists(ref_out):
+        print("no reference output to compare with (run without --no-reference once)")
+        return 1
+    for name, _, out in variants[1:]:
+        if out == ref_out:
+            continue
+        why = compare(out, ref_out)
+        print(f"{name}: {'identical to the reference' if why is None else 'DIFFERS: ' + why}")
+        if why is not None:
+            status = 1
+    if status:
+        print(f"targets: wall ≤ {WALL_TARGET}× floor, peak RSS ≤ {RSS_TARGET_MIB} MiB: MISSED")
+    else:
+        print(f"targets: wall ≤ {WALL_TARGET}× floor, peak RSS ≤ {RSS_TARGET_MIB} MiB: met")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
