@@ -8,27 +8,32 @@
 2. `scripts/make_llama_pair.py DIR` (default /tmp/polymerge-bench): two bf16
    LLaMA-style checkpoints of 0.49 B params, A one file, B three shards +
    index. Cached: regenerated only when missing or outdated.
-3. Warm-up: every input file is read once (`cat … > /dev/null`) so that all
-   variants start from a warm page cache (nothing is dropped: that would need
-   root). Each variant also runs once, untimed, before the timed rounds.
-4. `--reps` rounds; in each round every variant runs once, in the same order,
-   under `/usr/bin/time -v`:
-     floor      `cat A B-shards > /dev/null && cp A/model.safetensors OUT
-                 && sync OUT`: read both inputs once, write one copy of the
-                 output's size and fsync it (polymerge fsyncs its output
+3. Warm cache for everyone: every input file is read once (`cat … >
+   /dev/null`) before the first run, and every variant then runs once
+   untimed (round 0). Nothing is dropped from the page cache (that would
+   need root), so all variants read their inputs from memory.
+4. `--reps` timed rounds; in each round every variant runs once, in the same
+   order, under `/usr/bin/time -v`:
+     floor      `cat INPUTS > /dev/null && cp A/model.safetensors OUT &&
+                 sync OUT`: read both inputs once, write one copy of the
+                 output's size, and fsync it (polymerge fsyncs its output
                  before the atomic rename, so the floor does the same
-                 durability work). `sync FILE` is coreutils' fsync(FILE).
+                 durability work; coreutils `sync FILE` is fsync(FILE)).
      polymerge  `polymerge avg A B -o OUT --force --quiet`
      reference  `python3 scripts/reference_avg.py OUT A B` (torch load_file,
                  f32 weighted sum, .to(bf16), save_file; no fsync)
-   Before every run the output is deleted and `sync` flushes dirty pages
-   (both untimed), so no run pays for the previous one's writeback.
-5. A table of medians: wall seconds, peak RSS (MiB, "Maximum resident set
-   size"), wall / floor; then checks that polymerge's output holds exactly
-   the reference's tensors (names, dtypes, shapes, raw bytes).
+   Before every run the previous output is deleted and `sync` flushes all
+   dirty pages (both untimed), so no run pays for another's writeback.
+5. A table of medians: wall seconds, CPU seconds (user + system), peak RSS
+   (MiB, "Maximum resident set size"), wall / floor; every run; then a check
+   that each polymerge output holds exactly the reference's tensors (names,
+   dtypes, shapes, raw bytes). `--json FILE` also saves all of it.
 
 The exit status is 1 if an output differs from the reference or a target is
-missed (wall ≤ 1.5× floor, peak RSS ≤ 256 MiB), else 0.
+missed (median wall ≤ 1.5× median floor, peak RSS ≤ 256 MiB), else 0.
+
+A binary given as `NAME=BINARY` may also be `NAME=ENV=VALUE,...:BINARY` to
+run it with extra environment variables (for experiments).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import argparse
 import json
 import mmap
 import os
-import shutil
+import platform
 import statistics
 import struct
 import subprocess
@@ -50,18 +55,25 @@ WALL_TARGET = 1.5
 RSS_TARGET_MIB = 256
 
 
-def run_timed(cmd: list[str], cwd: str | None = None) -> tuple[float, float]:
-    """Runs cmd under /usr/bin/time -v; returns (wall seconds, peak RSS MiB)."""
+def run_timed(cmd: list[str], env: dict | None = None) -> dict:
+    """Runs cmd under /usr/bin/time -v: wall s, cpu s (user+sys), rss MiB."""
     t0 = time.perf_counter()
-    p = subprocess.run([TIME, "-v", *cmd], cwd=cwd, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+    p = subprocess.run([TIME, "-v", *cmd], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True,
+                       env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
+    fields = {}
     for line in p.stderr.splitlines():
-        if line.strip().startswith("Maximum resident set size (kbytes):"):
-            return wall, int(line.split(":")[1]) / 1024
-    sys.exit(f"no RSS in /usr/bin/time output:\n{p.stderr}")
+        key, _, value = line.strip().rpartition(": ")
+        fields[key] = value
+    try:
+        cpu = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
+        rss = int(fields["Maximum resident set size (kbytes)"]) / 1024
+    except (KeyError, ValueError):
+        sys.exit(f"unexpected /usr/bin/time output:\n{p.stderr}")
+    return {"wall": wall, "cpu": cpu, "rss": rss}
 
 
 def header(path: str) -> tuple[int, dict]:
@@ -91,24 +103,40 @@ def compare(out: str, ref: str) -> str | None:
     return None
 
 
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, Linux {platform.release()}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", nargs="?", default="/tmp/polymerge-bench")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-reference", action="store_true",
-                    help="skip the PyTorch reference (its output is still needed "
-                         "once for the equality check: kept from an earlier run)")
+                    help="skip the PyTorch reference (the equality check then uses "
+                         "its output from an earlier run, if any)")
     ap.add_argument("--polymerge", action="append", metavar="NAME=BINARY",
                     help="polymerge binaries to compare (default: polymerge=target/release/polymerge)")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--json", metavar="FILE", help="also write every measurement here")
     args = ap.parse_args()
 
     if not os.path.exists(TIME):
         sys.exit(f"{TIME} is missing: apt-get update && apt-get install -y time")
     binaries = []
     for spec in args.polymerge or ["polymerge=" + os.path.join(ROOT, "target/release/polymerge")]:
-        name, _, path = spec.partition("=")
-        binaries.append((name, os.path.abspath(path)))
+        name, _, rest = spec.partition("=")
+        env = {}
+        if ":" in rest:
+            settings, _, rest = rest.partition(":")
+            env = dict(kv.split("=", 1) for kv in settings.split(","))
+        binaries.append((name, os.path.abspath(rest), env))
     if not args.no_build and not args.polymerge:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
@@ -121,65 +149,73 @@ def main() -> int:
     out_dir = os.path.join(d, "out")
     os.makedirs(out_dir, exist_ok=True)
 
-    variants: list[tuple[str, list[str], str]] = []
+    # (name, command, output, extra environment)
+    variants: list[tuple[str, list[str], str, dict]] = []
     floor_out = os.path.join(out_dir, "floor.safetensors")
     variants.append(("floor", ["sh", "-c", 'src=$1 dst=$2; shift 2; '
                                'cat "$@" > /dev/null && cp "$src" "$dst" && sync "$dst"',
                                "floor", os.path.join(a, "model.safetensors"), floor_out, *inputs],
-                     floor_out))
-    for name, path in binaries:
+                     floor_out, {}))
+    for name, path, env in binaries:
         o = os.path.join(out_dir, f"{name}.safetensors")
-        variants.append((name, [path, "avg", a, b, "-o", o, "--force", "--quiet"], o))
+        variants.append((name, [path, "avg", a, b, "-o", o, "--force", "--quiet"], o, env))
     ref_out = os.path.join(out_dir, "reference.safetensors")
     if not args.no_reference:
         variants.append(("reference", [sys.executable, os.path.join(ROOT, "scripts/reference_avg.py"),
-                                       ref_out, a, b], ref_out))
+                                       ref_out, a, b], ref_out, {}))
 
+    print(f"machine: {machine()}")
+    print(f"inputs: {len(inputs)} files, {sum(os.path.getsize(p) for p in inputs) / 1e9:.2f} GB; "
+          f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
-    results: dict[str, list[tuple[float, float]]] = {v[0]: [] for v in variants}
+    results: dict[str, list[dict]] = {v[0]: [] for v in variants}
     for rnd in range(args.reps + 1):
-        for name, cmd, out in variants:
+        for name, cmd, out, env in variants:
             if os.path.exists(out):
                 os.remove(out)
             subprocess.run(["sync"], check=True)
-            wall, rss = run_timed(cmd)
+            r = run_timed(cmd, env)
             if rnd > 0:  # round 0 is the untimed warm-up
-                results[name].append((wall, rss))
-                print(f"  round {rnd} {name:>12}: {wall:7.2f} s {rss:8.1f} MiB", flush=True)
+                results[name].append(r)
+                print(f"  round {rnd} {name:>12}: {r['wall']:6.2f} s wall {r['cpu']:6.2f} s cpu "
+                      f"{r['rss']:8.1f} MiB", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
-    floor = statistics.median(w for w, _ in results["floor"])
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    floor = med("floor", "wall")
     print()
-    print(f"{len(inputs)} input files, {sum(os.path.getsize(p) for p in inputs) / 1e9:.2f} GB; "
-          f"medians of {args.reps} runs")
-    print(f"| {'variant':<12} | {'wall s':>7} | {'peak RSS MiB':>12} | {'× floor':>7} |")
-    print(f"|{'-' * 14}|{'-' * 9}|{'-' * 14}|{'-' * 9}|")
+    print(f"medians of {args.reps} runs")
+    print(f"| {'variant':<12} | {'wall s':>6} | {'× floor':>7} | {'CPU s':>6} | {'peak RSS MiB':>12} |")
+    print(f"|{'-' * 14}|{'-' * 8}|{'-' * 9}|{'-' * 8}|{'-' * 14}|")
     status = 0
-    for name, _, _ in variants:
-        walls = [w for w, _ in results[name]]
-        rsss = [r for _, r in results[name]]
-        w, r = statistics.median(walls), statistics.median(rsss)
-        print(f"| {name:<12} | {w:7.2f} | {r:12.1f} | {w / floor:7.2f} |")
+    for name, _, _, _ in variants:
+        w, c, r = med(name, "wall"), med(name, "cpu"), med(name, "rss")
+        print(f"| {name:<12} | {w:6.2f} | {w / floor:7.2f} | {c:6.2f} | {r:12.1f} |")
         if name not in ("floor", "reference") and (w > WALL_TARGET * floor or r > RSS_TARGET_MIB):
             status = 1
     print()
-    print("all runs (wall s / RSS MiB):")
-    for name, _, _ in variants:
-        print(f"  {name:>12}: " + "  ".join(f"{w:.2f}/{r:.0f}" for w, r in results[name]))
+    print("every run (wall s / CPU s / peak RSS MiB):")
+    for name, _, _, _ in variants:
+        print(f"  {name:>12}: " + "  ".join(f"{r['wall']:.2f}/{r['cpu']:.2f}/{r['rss']:.0f}"
+                                            for r in results[name]))
     print()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "reps": args.reps, "results": results}, f, indent=1)
     if not os.path.exists(ref_out):
         print("no reference output to compare with (run without --no-reference once)")
         return 1
-    for name, _, out in variants[1:]:
+    for name, _, out, _ in variants[1:]:
         if out == ref_out:
             continue
         why = compare(out, ref_out)
         print(f"{name}: {'identical to the reference' if why is None else 'DIFFERS: ' + why}")
         if why is not None:
             status = 1
-    if status:
-        print(f"targets: wall ≤ {WALL_TARGET}× floor, peak RSS ≤ {RSS_TARGET_MIB} MiB: MISSED")
-    else:
-        print(f"targets: wall ≤ {WALL_TARGET}× floor, peak RSS ≤ {RSS_TARGET_MIB} MiB: met")
+    met = "met" if status == 0 else "MISSED"
+    print(f"targets (wall ≤ {WALL_TARGET}× floor, peak RSS ≤ {RSS_TARGET_MIB} MiB): {met}")
     return status
 
 
