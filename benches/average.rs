@@ -1,4 +1,7 @@
-//! Kernels of `polymerge avg`, in elements per second:
+//! Kernels of `polymerge avg`, in elements per second. The single-kernel
+//! groups work on [`K`] elements (cache-resident, as in a merge, which folds
+//! inputs into a few KiB of accumulators at a time), so they measure
+//! compute, not memory bandwidth:
 //!
 //! * `decode/{bf16,f16,f32}`: element bytes → f32 ([`dtype::decode_f32`]);
 //! * `encode/{bf16,f16}`: f32 → element bytes, round to nearest even
@@ -43,15 +46,18 @@ fn encoded(dt: Dtype, v: &[f32]) -> Vec<u8> {
     b
 }
 
+/// Elements per single-kernel call.
+const K: usize = 4096;
+/// Elements per chunk average: one streaming chunk.
 const N: usize = CHUNK_ELEMS;
 
 fn kernels(c: &mut Criterion) {
-    let v = values(N, 1);
+    let v = values(K, 1);
     let mut g = c.benchmark_group("decode");
-    g.throughput(Throughput::Elements(N as u64));
+    g.throughput(Throughput::Elements(K as u64));
     for dt in [Dtype::BF16, Dtype::F16, Dtype::F32] {
         let bytes = encoded(dt, &v);
-        let mut out = vec![0f32; N];
+        let mut out = vec![0f32; K];
         g.bench_function(name(dt), |b| {
             b.iter(|| dtype::decode_f32(dt, black_box(&bytes), &mut out))
         });
@@ -59,9 +65,9 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("encode");
-    g.throughput(Throughput::Elements(N as u64));
+    g.throughput(Throughput::Elements(K as u64));
     for dt in [Dtype::BF16, Dtype::F16] {
-        let mut out = vec![0u8; N * dtype::size_of(dt)];
+        let mut out = vec![0u8; K * dtype::size_of(dt)];
         g.bench_function(name(dt), |b| {
             b.iter(|| dtype::encode_f32(dt, black_box(&v), &mut out))
         });
@@ -69,10 +75,10 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("accumulate");
-    g.throughput(Throughput::Elements(N as u64));
+    g.throughput(Throughput::Elements(K as u64));
     for dt in [Dtype::BF16, Dtype::F16, Dtype::F32] {
         let bytes = encoded(dt, &v);
-        let mut acc = vec![0f32; N];
+        let mut acc = vec![0f32; K];
         g.bench_function(name(dt), |b| {
             b.iter(|| dtype::accumulate_f32(dt, black_box(&bytes), 0.5, &mut acc, false))
         });
@@ -80,9 +86,9 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("divide_encode");
-    g.throughput(Throughput::Elements(N as u64));
+    g.throughput(Throughput::Elements(K as u64));
     for div in [2.0f32, 3.0] {
-        let mut out = vec![0u8; N * 2];
+        let mut out = vec![0u8; K * 2];
         g.bench_function(format!("bf16/{div}"), |b| {
             b.iter(|| dtype::divide_encode_f32(black_box(&v), div, Dtype::BF16, &mut out))
         });

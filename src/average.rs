@@ -38,9 +38,12 @@ use crate::write::{CheckpointWriter, TensorPlan, WriteSummary};
 /// large enough to amortise a channel hand-off and a `madvise` call, small
 /// enough that a handful in flight stay far below the memory budget.
 pub const CHUNK_ELEMS: usize = 1 << 20;
-/// Elements per parallel work item inside a chunk: 16 Ki f32 accumulators
-/// (64 KiB) stay in L2 while every input is folded in.
+/// Elements per parallel work item inside a chunk (16 Ki: enough work to
+/// amortise rayon's scheduling; the f64 path keeps 16 Ki accumulators in L2).
 pub const SUB_ELEMS: usize = 1 << 14;
+/// Elements accumulated at a time inside a work item (f32 path): 2 Ki f32
+/// accumulators (8 KiB) stay in L1 while every input is folded in.
+const MINI_ELEMS: usize = 2048;
 /// Consumed input bytes (of the widest input) after which their pages are
 /// dropped from the resident set: 16 MiB per input bounds what streaming
 /// keeps mapped while making the `madvise` calls few.
@@ -594,17 +597,25 @@ fn average_chunk_f32<I: ChunkInputs + ?Sized>(
             SCRATCH.with_borrow_mut(|s| {
                 let n = out_block.len() / out_elem;
                 let lo = range.start + k * SUB_ELEMS;
-                // The first term overwrites acc (as Python's `0 + w·x`).
-                s.acc32.resize(n, 0.0);
-                for (i, &w) in weights.iter().enumerate() {
-                    let bytes = sources.fetch(i, lo..lo + n, &mut s.bytes);
-                    let bad =
-                        dtype::accumulate_f32(sources.dtype(i), bytes, w, &mut s.acc32, i == 0);
-                    if bad != 0 {
-                        counts[i].fetch_add(bad, Ordering::Relaxed);
+                s.acc32.resize(MINI_ELEMS, 0.0);
+                // Pieces of MINI_ELEMS, so that the accumulators stay in L1.
+                let mut m0 = 0;
+                while m0 < n {
+                    let m = MINI_ELEMS.min(n - m0);
+                    let piece = lo + m0..lo + m0 + m;
+                    let acc = &mut s.acc32[..m];
+                    for (i, &w) in weights.iter().enumerate() {
+                        let bytes = sources.fetch(i, piece.clone(), &mut s.bytes);
+                        // The first term overwrites acc (Python's `0 + w·x`).
+                        let bad = dtype::accumulate_f32(sources.dtype(i), bytes, w, acc, i == 0);
+                        if bad != 0 {
+                            counts[i].fetch_add(bad, Ordering::Relaxed);
+                        }
                     }
+                    let out = &mut out_block[m0 * out_elem..(m0 + m) * out_elem];
+                    dtype::divide_encode_f32(acc, divisor, out_dtype, out);
+                    m0 += m;
                 }
-                dtype::divide_encode_f32(&s.acc32, divisor, out_dtype, out_block);
             })
         });
     into_counts(counts)

@@ -67,189 +67,407 @@ pub fn parse_float(name: &str) -> Option<Dtype> {
     }
 }
 
+/// Defines `pub fn NAME(args) -> R` that runs `GENERIC(args)` (an
+/// `#[inline(always)]` function) compiled for the widest vector extension the
+/// CPU has: on x86-64, AVX-512 (F, BW, VL) or AVX2 when detected at run time,
+/// else the baseline (SSE2). The loops are plain Rust that LLVM vectorises for
+/// each; every version does the same IEEE operations in the same order (no
+/// FMA contraction, no reassociation), so results are bit-identical. Hot
+/// loops are `#[inline(always)]` functions, not closures, so that they are
+/// compiled into each version.
+macro_rules! multiversion {
+    (
+        $(#[$meta:meta])*
+        pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $generic:ident;
+    ) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+                    // SAFETY: the CPU supports every feature `avx512` is
+                    // compiled for (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if has!("avx2") {
+                    // SAFETY: as above, for AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
 /// Elements per block of the conversion loops: small enough for on-stack
 /// staging buffers and a `u32` count, large enough to amortise the setup.
 const BLOCK: usize = 1024;
 
-/// Calls `f` with the first `n` (≤ [`BLOCK`]) words of `bytes`, borrowed in
-/// place when `bytes` is aligned for `T`, else copied to an on-stack stage.
-/// Loops over a `&[T]` vectorise; loops that assemble words from bytes
-/// (`from_le_bytes` over `chunks_exact`) do not: LLVM loads them byte by
-/// byte. The words are in file (little-endian) order: apply `from_le`.
-#[inline(always)]
-fn read_words<T: bytemuck::Pod, R>(bytes: &[u8], n: usize, f: impl FnOnce(&[T]) -> R) -> R {
-    let bytes = &bytes[..n * std::mem::size_of::<T>()];
-    match bytemuck::try_cast_slice(bytes) {
-        Ok(w) => f(w),
-        Err(_) => {
-            let mut stage = [T::zeroed(); BLOCK];
-            let stage = &mut stage[..n];
-            bytemuck::cast_slice_mut(stage).copy_from_slice(bytes);
-            f(stage)
+/// Element words: the unsigned integer of an element's width.
+trait Word: bytemuck::Pod {
+    /// From file (little-endian) order to native.
+    fn from_le(self) -> Self;
+}
+
+macro_rules! word {
+    ($($t:ty),*) => {$(
+        impl Word for $t {
+            #[inline(always)]
+            fn from_le(self) -> Self {
+                <$t>::from_le(self)
+            }
         }
-    }
+    )*};
 }
+word!(u16, u32, u64);
 
-/// Calls `f` to fill `n` (≤ [`BLOCK`]) words that become the first bytes of
-/// `out`: written in place when `out` is aligned for `T`, else through an
-/// on-stack stage. `f` must store little-endian words (`to_le`).
-#[inline(always)]
-fn write_words<T: bytemuck::Pod>(out: &mut [u8], n: usize, f: impl FnOnce(&mut [T])) {
-    let out = &mut out[..n * std::mem::size_of::<T>()];
-    match bytemuck::try_cast_slice_mut(out) {
-        Ok(w) => f(w),
-        Err(_) => {
-            let mut stage = [T::zeroed(); BLOCK];
-            let stage = &mut stage[..n];
-            f(stage);
-            out.copy_from_slice(bytemuck::cast_slice(stage));
-        }
-    }
-}
-
-/// Applies `f` to successive blocks of [`BLOCK`] elements of `input` (each
-/// `in_w` items wide) and `out` (`out_w` items each), stopping at the shorter.
-#[inline(always)]
-fn blocks<A, B>(
-    input: &[A],
-    in_w: usize,
-    out: &mut [B],
-    out_w: usize,
-    mut f: impl FnMut(&[A], &mut [B]),
-) {
-    for (i, o) in input
-        .chunks(BLOCK * in_w)
-        .zip(out.chunks_mut(BLOCK * out_w))
-    {
-        f(i, o);
-    }
-}
-
-/// Decodes `out.len()` elements of `dtype` from `bytes` into f32.
+/// A loop body over element words: `Src` → `Dst`, one block (≤ [`BLOCK`]
+/// elements) at a time, returning a count (of non-finite inputs, or 0).
 ///
-/// Panics if `bytes` is shorter than `out.len()` elements or `dtype` is not a
-/// float dtype; callers slice both from validated tensor metadata.
-pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
-    let width = size_of(dtype);
+/// [`for_words`] and [`to_words`] run it over the words of a byte slice in
+/// place when the bytes are aligned for the word type, else through an
+/// on-stack stage. Loops over `&[u16]` etc. vectorise; loops that assemble
+/// words from bytes (`from_le_bytes` over `chunks_exact`) do not: LLVM loads
+/// them byte by byte.
+trait Kernel<Src, Dst> {
+    fn run(&self, src: &[Src], dst: &mut [Dst]) -> u32;
+}
+
+/// Runs `k` over the `dst.len()` words at the start of `bytes` (`W`-sized
+/// elements) and `dst`; returns the sum of its counts.
+#[inline(always)]
+fn for_words<W: Word, D, K: Kernel<W, D>>(bytes: &[u8], dst: &mut [D], k: &K) -> u64 {
+    let bytes = &bytes[..dst.len() * std::mem::size_of::<W>()];
+    let mut count = 0u64;
+    match bytemuck::try_cast_slice::<u8, W>(bytes) {
+        Ok(words) => {
+            for (s, d) in words.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)) {
+                count += u64::from(k.run(s, d));
+            }
+        }
+        Err(_) => {
+            let mut stage = [W::zeroed(); BLOCK];
+            let per = BLOCK * std::mem::size_of::<W>();
+            for (b, d) in bytes.chunks(per).zip(dst.chunks_mut(BLOCK)) {
+                let stage = &mut stage[..d.len()];
+                bytemuck::cast_slice_mut(stage).copy_from_slice(b);
+                count += u64::from(k.run(stage, d));
+            }
+        }
+    }
+    count
+}
+
+/// Runs `k` over `src` and the `src.len()` `W`-sized words at the start of
+/// `out`.
+#[inline(always)]
+fn to_words<S, W: Word, K: Kernel<S, W>>(src: &[S], out: &mut [u8], k: &K) {
+    let out = &mut out[..src.len() * std::mem::size_of::<W>()];
+    match bytemuck::try_cast_slice_mut::<u8, W>(out) {
+        Ok(words) => {
+            for (s, d) in src.chunks(BLOCK).zip(words.chunks_mut(BLOCK)) {
+                k.run(s, d);
+            }
+        }
+        Err(_) => {
+            let mut stage = [W::zeroed(); BLOCK];
+            let per = BLOCK * std::mem::size_of::<W>();
+            for (s, o) in src.chunks(BLOCK).zip(out.chunks_mut(per)) {
+                let stage = &mut stage[..s.len()];
+                k.run(s, stage);
+                o.copy_from_slice(bytemuck::cast_slice(stage));
+            }
+        }
+    }
+}
+
+/// The scaling applied before encoding: none, `× r` or `÷ d`.
+trait Scale: Copy {
+    fn apply(self, x: f32) -> f32;
+}
+
+#[derive(Clone, Copy)]
+struct Identity;
+#[derive(Clone, Copy)]
+struct Mul(f32);
+#[derive(Clone, Copy)]
+struct Div(f32);
+
+impl Scale for Identity {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        x
+    }
+}
+impl Scale for Mul {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        x * self.0
+    }
+}
+impl Scale for Div {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        x / self.0
+    }
+}
+
+/// bf16 words → f32.
+struct DecodeBf16;
+impl Kernel<u16, f32> for DecodeBf16 {
+    #[inline(always)]
+    fn run(&self, src: &[u16], dst: &mut [f32]) -> u32 {
+        for (d, &h) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(h.from_le()) << 16);
+        }
+        0
+    }
+}
+
+/// f32 words → f32.
+struct DecodeF32;
+impl Kernel<u32, f32> for DecodeF32 {
+    #[inline(always)]
+    fn run(&self, src: &[u32], dst: &mut [f32]) -> u32 {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(x.from_le());
+        }
+        0
+    }
+}
+
+/// f16 words → f32, vectorised by `half` (F16C where available; the same
+/// bits as `f16::to_f32` element by element).
+struct DecodeF16;
+impl Kernel<u16, f32> for DecodeF16 {
+    #[inline(always)]
+    fn run(&self, src: &[u16], dst: &mut [f32]) -> u32 {
+        use half::slice::HalfFloatSliceExt;
+        let mut h = [f16::ZERO; BLOCK];
+        let h = &mut h[..dst.len()];
+        for (h, &x) in h.iter_mut().zip(src) {
+            *h = f16::from_bits(x.from_le());
+        }
+        h.convert_to_f32_slice(dst);
+        0
+    }
+}
+
+/// f64 words → f32 (rounded) or → f64.
+struct DecodeF64;
+impl Kernel<u64, f32> for DecodeF64 {
+    #[inline(always)]
+    fn run(&self, src: &[u64], dst: &mut [f32]) -> u32 {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = f64::from_bits(x.from_le()) as f32;
+        }
+        0
+    }
+}
+impl Kernel<u64, f64> for DecodeF64 {
+    #[inline(always)]
+    fn run(&self, src: &[u64], dst: &mut [f64]) -> u32 {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = f64::from_bits(x.from_le());
+        }
+        0
+    }
+}
+
+/// `acc = (if FIRST { 0.0 } else { acc }) + w * x` for bf16 words `x`;
+/// counts the NaN/Inf ones.
+struct AccumulateBf16<const FIRST: bool>(f32);
+impl<const FIRST: bool> Kernel<u16, f32> for AccumulateBf16<FIRST> {
+    #[inline(always)]
+    fn run(&self, src: &[u16], acc: &mut [f32]) -> u32 {
+        let w = self.0;
+        let mut bad = 0u32;
+        for (a, &h) in acc.iter_mut().zip(src) {
+            let h = h.from_le();
+            // Exponent all ones: Inf or NaN.
+            bad += u32::from(h & 0x7F80 == 0x7F80);
+            add_term::<FIRST>(a, w, f32::from_bits(u32::from(h) << 16));
+        }
+        bad
+    }
+}
+
+/// As [`AccumulateBf16`] for f32 words.
+struct AccumulateF32<const FIRST: bool>(f32);
+impl<const FIRST: bool> Kernel<u32, f32> for AccumulateF32<FIRST> {
+    #[inline(always)]
+    fn run(&self, src: &[u32], acc: &mut [f32]) -> u32 {
+        let w = self.0;
+        let mut bad = 0u32;
+        for (a, &x) in acc.iter_mut().zip(src) {
+            let x = x.from_le();
+            bad += u32::from(x & 0x7F80_0000 == 0x7F80_0000);
+            add_term::<FIRST>(a, w, f32::from_bits(x));
+        }
+        bad
+    }
+}
+
+/// As [`AccumulateBf16`] for words of `D`ecoded elements (F16, F64).
+struct AccumulateVia<D, const FIRST: bool>(D, f32);
+impl<W: Copy, D: Kernel<W, f32>, const FIRST: bool> Kernel<W, f32> for AccumulateVia<D, FIRST> {
+    #[inline(always)]
+    fn run(&self, src: &[W], acc: &mut [f32]) -> u32 {
+        let mut x = [0f32; BLOCK];
+        let x = &mut x[..acc.len()];
+        self.0.run(src, x);
+        let w = self.1;
+        let mut bad = 0u32;
+        for (a, &x) in acc.iter_mut().zip(x.iter()) {
+            bad += u32::from(!x.is_finite());
+            add_term::<FIRST>(a, w, x);
+        }
+        bad
+    }
+}
+
+/// `scale(v)` → bf16 words.
+struct EncodeBf16<S>(S);
+impl<S: Scale> Kernel<f32, u16> for EncodeBf16<S> {
+    #[inline(always)]
+    fn run(&self, src: &[f32], dst: &mut [u16]) -> u32 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = bf16_bits(self.0.apply(v)).to_le();
+        }
+        0
+    }
+}
+
+/// `scale(v)` → f32 words.
+struct EncodeF32<S>(S);
+impl<S: Scale> Kernel<f32, u32> for EncodeF32<S> {
+    #[inline(always)]
+    fn run(&self, src: &[f32], dst: &mut [u32]) -> u32 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = self.0.apply(v).to_bits().to_le();
+        }
+        0
+    }
+}
+
+/// `scale(v)` → f16 words, rounded by `half` (F16C where available; the same
+/// bits as `f16::from_f32` element by element).
+struct EncodeF16<S>(S);
+impl<S: Scale> Kernel<f32, u16> for EncodeF16<S> {
+    #[inline(always)]
+    fn run(&self, src: &[f32], dst: &mut [u16]) -> u32 {
+        use half::slice::HalfFloatSliceExt;
+        let mut q = [0f32; BLOCK];
+        let q = &mut q[..src.len()];
+        for (q, &v) in q.iter_mut().zip(src) {
+            *q = self.0.apply(v);
+        }
+        let mut h = [f16::ZERO; BLOCK];
+        let h = &mut h[..src.len()];
+        h.convert_from_f32_slice(q);
+        for (d, h) in dst.iter_mut().zip(h.iter()) {
+            *d = h.to_bits().to_le();
+        }
+        0
+    }
+}
+
+/// `scale(v)` → f64 words (exact widening).
+struct EncodeF64<S>(S);
+impl<S: Scale> Kernel<f32, u64> for EncodeF64<S> {
+    #[inline(always)]
+    fn run(&self, src: &[f32], dst: &mut [u64]) -> u32 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = f64::from(self.0.apply(v)).to_bits().to_le();
+        }
+        0
+    }
+}
+impl Kernel<f64, u64> for EncodeF64<Identity> {
+    #[inline(always)]
+    fn run(&self, src: &[f64], dst: &mut [u64]) -> u32 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v.to_bits().to_le();
+        }
+        0
+    }
+}
+
+multiversion! {
+    /// Decodes `out.len()` elements of `dtype` from `bytes` into f32.
+    ///
+    /// Panics if `bytes` is shorter than `out.len()` elements or `dtype` is not a
+    /// float dtype; callers slice both from validated tensor metadata.
+    pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) = decode_f32_generic;
+}
+
+#[inline(always)]
+fn decode_f32_generic(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
     assert!(
-        bytes.len() >= out.len() * width,
+        bytes.len() >= out.len() * size_of(dtype),
         "decode_f32: input too short"
     );
     match dtype {
-        Dtype::F32 => blocks(bytes, 4, out, 1, |b, o| {
-            read_words(b, o.len(), |w: &[u32]| {
-                for (o, &w) in o.iter_mut().zip(w) {
-                    *o = f32::from_bits(u32::from_le(w));
-                }
-            })
-        }),
-        Dtype::BF16 => blocks(bytes, 2, out, 1, |b, o| {
-            read_words(b, o.len(), |w: &[u16]| {
-                for (o, &w) in o.iter_mut().zip(w) {
-                    *o = f32::from_bits(u32::from(u16::from_le(w)) << 16);
-                }
-            })
-        }),
-        Dtype::F16 => blocks(bytes, 2, out, 1, |b, o| {
-            use half::slice::HalfFloatSliceExt;
-            let mut h = [f16::ZERO; BLOCK];
-            let h = &mut h[..o.len()];
-            read_words(b, o.len(), |w: &[u16]| {
-                for (h, &w) in h.iter_mut().zip(w) {
-                    *h = f16::from_bits(u16::from_le(w));
-                }
-            });
-            // Same bits as `f16::to_f32` per element, vectorised (F16C).
-            h.convert_to_f32_slice(o);
-        }),
-        Dtype::F64 => blocks(bytes, 8, out, 1, |b, o| {
-            read_words(b, o.len(), |w: &[u64]| {
-                for (o, &w) in o.iter_mut().zip(w) {
-                    *o = f64::from_bits(u64::from_le(w)) as f32;
-                }
-            })
-        }),
+        Dtype::F32 => for_words::<u32, _, _>(bytes, out, &DecodeF32),
+        Dtype::BF16 => for_words::<u16, _, _>(bytes, out, &DecodeBf16),
+        Dtype::F16 => for_words::<u16, _, _>(bytes, out, &DecodeF16),
+        Dtype::F64 => for_words::<u64, f32, _>(bytes, out, &DecodeF64),
         other => panic!("decode_f32 called on non-float dtype {other:?}"),
-    }
+    };
 }
 
 /// Decodes `out.len()` elements of any float dtype into f64 (exact widening).
 pub fn decode_f64(dtype: Dtype, bytes: &[u8], out: &mut [f64]) {
     if dtype == Dtype::F64 {
         assert!(bytes.len() >= out.len() * 8, "decode_f64: input too short");
-        blocks(bytes, 8, out, 1, |b, o| {
-            read_words(b, o.len(), |w: &[u64]| {
-                for (o, &w) in o.iter_mut().zip(w) {
-                    *o = f64::from_bits(u64::from_le(w));
-                }
-            })
-        });
+        for_words::<u64, f64, _>(bytes, out, &DecodeF64);
         return;
     }
     let mut tmp = [0f32; BLOCK];
-    blocks(bytes, size_of(dtype), out, 1, |b, o| {
+    for (o, b) in out
+        .chunks_mut(BLOCK)
+        .zip(bytes.chunks(BLOCK * size_of(dtype)))
+    {
         let t = &mut tmp[..o.len()];
         decode_f32(dtype, b, t);
         for (x, y) in o.iter_mut().zip(t.iter()) {
             *x = *y as f64;
         }
-    });
+    }
 }
 
-/// Encodes f32 values as `dtype` little-endian bytes, rounding to nearest even.
-pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
-    encode_with(dtype, values, out, |v| v);
+multiversion! {
+    /// Encodes f32 values as `dtype` little-endian bytes, rounding to nearest even.
+    pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) = encode_f32_generic;
 }
 
-/// Encodes `map(v)` for each of `values` as `dtype` (the shared body of
-/// [`encode_f32`] and [`divide_encode_f32`]; `map` is inlined into each loop).
 #[inline(always)]
-fn encode_with(dtype: Dtype, values: &[f32], out: &mut [u8], map: impl Fn(f32) -> f32) {
-    let width = size_of(dtype);
+fn encode_f32_generic(dtype: Dtype, values: &[f32], out: &mut [u8]) {
+    encode_scaled(dtype, values, out, Identity);
+}
+
+/// Encodes `scale(v)` for each of `values` as `dtype` (the shared body of
+/// [`encode_f32`] and [`divide_encode_f32`]).
+#[inline(always)]
+fn encode_scaled<S: Scale>(dtype: Dtype, values: &[f32], out: &mut [u8], scale: S) {
     assert!(
-        out.len() >= values.len() * width,
+        out.len() >= values.len() * size_of(dtype),
         "encode: output too short"
     );
     match dtype {
-        Dtype::F32 => blocks(values, 1, out, 4, |v, o| {
-            write_words(o, v.len(), |w: &mut [u32]| {
-                for (w, &v) in w.iter_mut().zip(v) {
-                    *w = map(v).to_bits().to_le();
-                }
-            })
-        }),
-        Dtype::BF16 => blocks(values, 1, out, 2, |v, o| {
-            write_words(o, v.len(), |w: &mut [u16]| {
-                for (w, &v) in w.iter_mut().zip(v) {
-                    *w = bf16_bits(map(v)).to_le();
-                }
-            })
-        }),
-        Dtype::F16 => blocks(values, 1, out, 2, |v, o| {
-            use half::slice::HalfFloatSliceExt;
-            let mut q = [0f32; BLOCK];
-            let q = &mut q[..v.len()];
-            for (q, &v) in q.iter_mut().zip(v) {
-                *q = map(v);
-            }
-            let mut h = [f16::ZERO; BLOCK];
-            let h = &mut h[..v.len()];
-            // Same bits as `f16::from_f32` per element (round to nearest
-            // even), vectorised (F16C).
-            h.convert_from_f32_slice(q);
-            write_words(o, v.len(), |w: &mut [u16]| {
-                for (w, h) in w.iter_mut().zip(h.iter()) {
-                    *w = h.to_bits().to_le();
-                }
-            })
-        }),
-        Dtype::F64 => blocks(values, 1, out, 8, |v, o| {
-            write_words(o, v.len(), |w: &mut [u64]| {
-                for (w, &v) in w.iter_mut().zip(v) {
-                    *w = f64::from(map(v)).to_bits().to_le();
-                }
-            })
-        }),
+        Dtype::F32 => to_words::<_, u32, _>(values, out, &EncodeF32(scale)),
+        Dtype::BF16 => to_words::<_, u16, _>(values, out, &EncodeBf16(scale)),
+        Dtype::F16 => to_words::<_, u16, _>(values, out, &EncodeF16(scale)),
+        Dtype::F64 => to_words::<f32, u64, _>(values, out, &EncodeF64(scale)),
         other => panic!("encode_f32 called on non-float dtype {other:?}"),
     }
 }
@@ -262,39 +480,45 @@ pub fn encode_f64(dtype: Dtype, values: &[f64], out: &mut [u8]) {
             out.len() >= values.len() * 8,
             "encode_f64: output too short"
         );
-        blocks(values, 1, out, 8, |v, o| {
-            write_words(o, v.len(), |w: &mut [u64]| {
-                for (w, &v) in w.iter_mut().zip(v) {
-                    *w = v.to_bits().to_le();
-                }
-            })
-        });
+        to_words::<f64, u64, _>(values, out, &EncodeF64(Identity));
         return;
     }
     let mut tmp = [0f32; BLOCK];
-    blocks(values, 1, out, size_of(dtype), |v, o| {
+    let w = size_of(dtype);
+    for (v, o) in values.chunks(BLOCK).zip(out.chunks_mut(BLOCK * w)) {
         let t = &mut tmp[..v.len()];
         for (x, y) in t.iter_mut().zip(v) {
             *x = *y as f32;
         }
         encode_f32(dtype, t, o);
-    });
+    }
 }
 
-/// Fused decode-and-accumulate, the inner loop of averaging: for every `j`,
-/// `acc[j] += w * x[j]` where `x` is `acc.len()` elements of `dtype` decoded
-/// from `bytes` (as [`decode_f32`] does); with `first`, `acc[j] = 0.0 + w *
-/// x[j]` instead (the first term of Python's `sum()`, which starts from 0 and
-/// so turns `-0.0` into `+0.0`; `acc`'s previous contents are ignored).
-/// Returns how many of those elements are NaN or ±Inf.
-///
-/// One f32 multiply and one f32 add per element, each rounded (never fused
-/// into an FMA), so the result is bit-identical to decoding into a buffer and
-/// adding `w * x` separately.
-///
-/// Panics if `bytes` is shorter than `acc.len()` elements or `dtype` is not a
-/// float dtype.
-pub fn accumulate_f32(dtype: Dtype, bytes: &[u8], w: f32, acc: &mut [f32], first: bool) -> u64 {
+multiversion! {
+    /// Fused decode-and-accumulate, the inner loop of averaging: for every `j`,
+    /// `acc[j] += w * x[j]` where `x` is `acc.len()` elements of `dtype` decoded
+    /// from `bytes` (as [`decode_f32`] does); with `first`, `acc[j] = 0.0 + w *
+    /// x[j]` instead (the first term of Python's `sum()`, which starts from 0 and
+    /// so turns `-0.0` into `+0.0`; `acc`'s previous contents are ignored).
+    /// Returns how many of those elements are NaN or ±Inf.
+    ///
+    /// One f32 multiply and one f32 add per element, each rounded (never fused
+    /// into an FMA), so the result is bit-identical to decoding into a buffer and
+    /// adding `w * x` separately.
+    ///
+    /// Panics if `bytes` is shorter than `acc.len()` elements or `dtype` is not a
+    /// float dtype.
+    pub fn accumulate_f32(
+        dtype: Dtype,
+        bytes: &[u8],
+        w: f32,
+        acc: &mut [f32],
+        first: bool,
+    ) -> u64 = accumulate_f32_generic;
+}
+
+#[inline(always)]
+fn accumulate_f32_generic(dtype: Dtype, bytes: &[u8], w: f32, acc: &mut [f32], first: bool) -> u64 {
     if first {
         accumulate_impl::<true>(dtype, bytes, w, acc)
     } else {
@@ -310,68 +534,47 @@ fn add_term<const FIRST: bool>(acc: &mut f32, w: f32, x: f32) {
 
 #[inline(always)]
 fn accumulate_impl<const FIRST: bool>(dtype: Dtype, bytes: &[u8], w: f32, acc: &mut [f32]) -> u64 {
-    let width = size_of(dtype);
     assert!(
-        bytes.len() >= acc.len() * width,
+        bytes.len() >= acc.len() * size_of(dtype),
         "accumulate_f32: {} bytes for {} elements",
         bytes.len(),
         acc.len()
     );
-    let mut bad = 0u64;
-    blocks(bytes, width, acc, 1, |b, a| {
-        let n = a.len();
-        bad += u64::from(match dtype {
-            Dtype::BF16 => read_words(b, n, |words: &[u16]| {
-                let mut bad = 0u32;
-                for (a, &h) in a.iter_mut().zip(words) {
-                    let h = u16::from_le(h);
-                    // Exponent all ones: Inf or NaN.
-                    bad += u32::from(h & 0x7F80 == 0x7F80);
-                    add_term::<FIRST>(a, w, f32::from_bits(u32::from(h) << 16));
-                }
-                bad
-            }),
-            Dtype::F32 => read_words(b, n, |words: &[u32]| {
-                let mut bad = 0u32;
-                for (a, &x) in a.iter_mut().zip(words) {
-                    let x = u32::from_le(x);
-                    bad += u32::from(x & 0x7F80_0000 == 0x7F80_0000);
-                    add_term::<FIRST>(a, w, f32::from_bits(x));
-                }
-                bad
-            }),
-            _ => {
-                let mut x = [0f32; BLOCK];
-                let x = &mut x[..n];
-                decode_f32(dtype, b, x);
-                let mut bad = 0u32;
-                for (a, &x) in a.iter_mut().zip(x.iter()) {
-                    bad += u32::from(!x.is_finite());
-                    add_term::<FIRST>(a, w, x);
-                }
-                bad
-            }
-        });
-    });
-    bad
+    match dtype {
+        Dtype::BF16 => for_words::<u16, _, _>(bytes, acc, &AccumulateBf16::<FIRST>(w)),
+        Dtype::F32 => for_words::<u32, _, _>(bytes, acc, &AccumulateF32::<FIRST>(w)),
+        Dtype::F16 => for_words::<u16, _, _>(bytes, acc, &AccumulateVia::<_, FIRST>(DecodeF16, w)),
+        Dtype::F64 => for_words::<u64, _, _>(bytes, acc, &AccumulateVia::<_, FIRST>(DecodeF64, w)),
+        other => panic!("accumulate_f32 called on non-float dtype {other:?}"),
+    }
 }
 
-/// The last step of averaging: `out = encode(acc[j] / divisor)` as `dtype`
-/// bytes, one true f32 division per element (not a multiplication by the
-/// reciprocal, which can differ in the last bit), then the rounding of
-/// [`encode_f32`].
-///
-/// When `1 / divisor` is exactly representable (the divisor is a power of
-/// two, as for a uniform average of 2, 4, 8 … inputs or weights summing to
-/// 1), multiplying by it gives the same correctly rounded result as the
-/// division for every input, and is several times faster: both are the
-/// exact quotient rounded once.
-///
-/// Panics if `out` is shorter than `acc.len()` elements of `dtype`.
-pub fn divide_encode_f32(acc: &[f32], divisor: f32, dtype: Dtype, out: &mut [u8]) {
+multiversion! {
+    /// The last step of averaging: `out = encode(acc[j] / divisor)` as `dtype`
+    /// bytes, one true f32 division per element (not a multiplication by an
+    /// inexact reciprocal, which can differ in the last bit), then the rounding
+    /// of [`encode_f32`].
+    ///
+    /// When `1 / divisor` is exactly representable (the divisor is a power of
+    /// two, as for a uniform average of 2, 4, 8 … inputs or weights summing to
+    /// 1), multiplying by it gives the same correctly rounded result as the
+    /// division for every input, and is several times faster: both are the
+    /// exact quotient rounded once.
+    ///
+    /// Panics if `out` is shorter than `acc.len()` elements of `dtype`.
+    pub fn divide_encode_f32(
+        acc: &[f32],
+        divisor: f32,
+        dtype: Dtype,
+        out: &mut [u8],
+    ) = divide_encode_f32_generic;
+}
+
+#[inline(always)]
+fn divide_encode_f32_generic(acc: &[f32], divisor: f32, dtype: Dtype, out: &mut [u8]) {
     match exact_reciprocal(divisor) {
-        Some(r) => encode_with(dtype, acc, out, |a| a * r),
-        None => encode_with(dtype, acc, out, |a| a / divisor),
+        Some(r) => encode_scaled(dtype, acc, out, Mul(r)),
+        None => encode_scaled(dtype, acc, out, Div(divisor)),
     }
 }
 
