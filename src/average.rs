@@ -48,8 +48,10 @@ const MINI_ELEMS: usize = 2048;
 /// dropped from the resident set: 16 MiB per input bounds what streaming
 /// keeps mapped while making the `madvise` calls few.
 const RELEASE_BYTES: usize = 16 << 20;
-/// Chunks queued between the compute loop and the writer thread.
-const QUEUE_DEPTH: usize = 2;
+/// Chunks queued between the compute loop and the writer thread: 8 (16 MiB
+/// of bf16), two of the writer's 8 MiB direct-I/O blocks, so computing goes
+/// on while the writer waits for the disk.
+const QUEUE_DEPTH: usize = 8;
 
 /// One input of a merge: a checkpoint, optionally seen through a permutation.
 #[derive(Clone, Copy)]

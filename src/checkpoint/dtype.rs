@@ -115,14 +115,14 @@ const BLOCK: usize = 1024;
 /// Element words: the unsigned integer of an element's width.
 trait Word: bytemuck::Pod {
     /// From file (little-endian) order to native.
-    fn from_le(self) -> Self;
+    fn le(self) -> Self;
 }
 
 macro_rules! word {
     ($($t:ty),*) => {$(
         impl Word for $t {
             #[inline(always)]
-            fn from_le(self) -> Self {
+            fn le(self) -> Self {
                 <$t>::from_le(self)
             }
         }
@@ -227,7 +227,7 @@ impl Kernel<u16, f32> for DecodeBf16 {
     #[inline(always)]
     fn run(&self, src: &[u16], dst: &mut [f32]) -> u32 {
         for (d, &h) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits(u32::from(h.from_le()) << 16);
+            *d = f32::from_bits(u32::from(h.le()) << 16);
         }
         0
     }
@@ -239,7 +239,7 @@ impl Kernel<u32, f32> for DecodeF32 {
     #[inline(always)]
     fn run(&self, src: &[u32], dst: &mut [f32]) -> u32 {
         for (d, &x) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits(x.from_le());
+            *d = f32::from_bits(x.le());
         }
         0
     }
@@ -255,7 +255,7 @@ impl Kernel<u16, f32> for DecodeF16 {
         let mut h = [f16::ZERO; BLOCK];
         let h = &mut h[..dst.len()];
         for (h, &x) in h.iter_mut().zip(src) {
-            *h = f16::from_bits(x.from_le());
+            *h = f16::from_bits(x.le());
         }
         h.convert_to_f32_slice(dst);
         0
@@ -268,7 +268,7 @@ impl Kernel<u64, f32> for DecodeF64 {
     #[inline(always)]
     fn run(&self, src: &[u64], dst: &mut [f32]) -> u32 {
         for (d, &x) in dst.iter_mut().zip(src) {
-            *d = f64::from_bits(x.from_le()) as f32;
+            *d = f64::from_bits(x.le()) as f32;
         }
         0
     }
@@ -277,7 +277,7 @@ impl Kernel<u64, f64> for DecodeF64 {
     #[inline(always)]
     fn run(&self, src: &[u64], dst: &mut [f64]) -> u32 {
         for (d, &x) in dst.iter_mut().zip(src) {
-            *d = f64::from_bits(x.from_le());
+            *d = f64::from_bits(x.le());
         }
         0
     }
@@ -292,7 +292,7 @@ impl<const FIRST: bool> Kernel<u16, f32> for AccumulateBf16<FIRST> {
         let w = self.0;
         let mut bad = 0u32;
         for (a, &h) in acc.iter_mut().zip(src) {
-            let h = h.from_le();
+            let h = h.le();
             // Exponent all ones: Inf or NaN.
             bad += u32::from(h & 0x7F80 == 0x7F80);
             add_term::<FIRST>(a, w, f32::from_bits(u32::from(h) << 16));
@@ -309,7 +309,7 @@ impl<const FIRST: bool> Kernel<u32, f32> for AccumulateF32<FIRST> {
         let w = self.0;
         let mut bad = 0u32;
         for (a, &x) in acc.iter_mut().zip(src) {
-            let x = x.from_le();
+            let x = x.le();
             bad += u32::from(x & 0x7F80_0000 == 0x7F80_0000);
             add_term::<FIRST>(a, w, f32::from_bits(x));
         }
@@ -736,6 +736,57 @@ mod tests {
                 encode_f32(out, &q, &mut a);
                 divide_encode_f32(&acc, div, out, &mut b);
                 assert_eq!(a, b, "{dt:?} -> {out:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_simd_version_gives_the_baseline_bits() {
+        // The public kernels run the widest version this CPU has; the
+        // `*_generic` functions called directly here are the baseline build.
+        let mut x = 0x9E37_79B9u32;
+        let vals: Vec<f32> = (0..5000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if i % 3 == 0 {
+                    f32::from_bits(x) // every exponent, NaN payloads, Inf
+                } else {
+                    (x as f32 / u32::MAX as f32 - 0.5) * 0.5
+                }
+            })
+            .collect();
+        for dt in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+            let w = size_of(dt);
+            let mut buf = vec![0u8; 1 + vals.len() * w];
+            for off in [0, 1] {
+                let a = vals.len() * w;
+                let mut e1 = vec![0u8; a];
+                let mut e2 = vec![0u8; a];
+                encode_f32(dt, &vals, &mut e1);
+                encode_f32_generic(dt, &vals, &mut e2);
+                assert_eq!(e1, e2, "encode {dt:?}");
+                buf[off..off + a].copy_from_slice(&e1);
+                let bytes = &buf[off..off + a];
+                let mut d1 = vec![0f32; vals.len()];
+                let mut d2 = vec![0f32; vals.len()];
+                decode_f32(dt, bytes, &mut d1);
+                decode_f32_generic(dt, bytes, &mut d2);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&d1), bits(&d2), "decode {dt:?}");
+                let (mut a1, mut a2) = (vec![0f32; vals.len()], vec![0f32; vals.len()]);
+                for first in [true, false] {
+                    let n1 = accumulate_f32(dt, bytes, 0.3, &mut a1, first);
+                    let n2 = accumulate_f32_generic(dt, bytes, 0.3, &mut a2, first);
+                    assert_eq!(n1, n2, "accumulate count {dt:?}");
+                    assert_eq!(bits(&a1), bits(&a2), "accumulate {dt:?}");
+                }
+                for div in [2.0, 3.0] {
+                    divide_encode_f32(&a1, div, dt, &mut e1);
+                    divide_encode_f32_generic(&a2, div, dt, &mut e2);
+                    assert_eq!(e1, e2, "divide_encode {dt:?} / {div}");
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
-//! Memory-mapped checkpoint files, and the one write-side OS hint: the one
-//! place where polymerge uses `unsafe`.
+//! Memory-mapped checkpoint files, and the one write-side OS hint. With the
+//! run-time SIMD dispatch in [`super::dtype`], the only `unsafe` code of
+//! polymerge.
 //!
 //! A checkpoint is mapped read-only and never copied as a whole; tensors are
 //! decoded straight from the mapping. After a stretch of a tensor has been
