@@ -13,10 +13,10 @@
 //!
 //! Work is split into chunks of [`CHUNK_ELEMS`] output elements: each chunk is
 //! computed by the rayon pool in sub-blocks of [`SUB_ELEMS`] while a writer
-//! thread appends the previous chunk to the output (and has the kernel write
-//! it back to disk as it goes), and the input pages consumed are dropped from
-//! the resident set every 16 MiB. Peak memory
-//! is a few chunks, whatever the model size.
+//! thread appends the previous chunks to the output (straight to disk, see
+//! [`crate::write`]), and the input pages consumed are dropped from the
+//! resident set every 16 MiB. Peak memory is a few chunks, whatever the model
+//! size.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -533,7 +533,9 @@ impl ChunkInputs for [(Dtype, &[u8])] {
 
 /// Per-thread scratch space for one sub-block, kept for the life of the
 /// thread (rayon's pool threads live as long as the process), so averaging
-/// allocates nothing per chunk.
+/// allocates nothing per chunk. Borrowed only while one sub-block is computed,
+/// which makes no rayon calls (so no other work item can run on the thread
+/// meanwhile and borrow it again).
 #[derive(Default)]
 struct Scratch {
     acc32: Vec<f32>,
