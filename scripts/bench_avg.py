@@ -20,6 +20,10 @@
                  before the atomic rename, so the floor does the same
                  durability work; coreutils `sync FILE` is fsync(FILE)).
      polymerge  `polymerge avg A B -o OUT --force --quiet`
+     no-basin   the same with `--no-basin-check`: the merge alone, without
+                the basin check `avg` runs first by default (a second
+                streaming pass over both inputs); only with the default
+                binary, and only if it has that option
      reference  `python3 scripts/reference_avg.py OUT A B` (torch load_file,
                  f32 weighted sum, .to(bf16), save_file; no fsync)
    Before every run the previous output is deleted and `sync` flushes all
@@ -161,6 +165,15 @@ def main() -> int:
     for name, path, env in binaries:
         o = os.path.join(out_dir, f"{name}.safetensors")
         variants.append((name, [path, "avg", a, b, "-o", o, "--force", "--quiet"], o, env))
+    # `avg` runs a basin check (one more streaming pass over both inputs)
+    # before merging, unless told not to: also time the merge alone.
+    if not args.polymerge:
+        path = binaries[0][1]
+        help_text = subprocess.run([path, "avg", "--help"], capture_output=True, text=True).stdout
+        if "--no-basin-check" in help_text:
+            o = os.path.join(out_dir, "no-basin.safetensors")
+            variants.append(("no-basin", [path, "avg", a, b, "-o", o, "--force", "--quiet",
+                                          "--no-basin-check"], o, {}))
     ref_out = os.path.join(out_dir, "reference.safetensors")
     if not args.no_reference:
         variants.append(("reference", [sys.executable, os.path.join(ROOT, "scripts/reference_avg.py"),
