@@ -136,7 +136,7 @@ def objective_of_output(a: Path, b: Path, out: Path):
 
 def run_polymerge(exe: str, a: Path, b: Path, outdir: Path):
     out = outdir / f"polymerge_{a.stem}__{b.stem}.safetensors"
-    cmd = [exe, "align", str(a), str(b), "-o", str(out), "--json"]
+    cmd = [exe, "align", str(a), str(b), "-o", str(out), "--json", "--force"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -44,9 +44,9 @@ pub const SUB_ELEMS: usize = 1 << 14;
 /// Elements accumulated at a time inside a work item (f32 path): 2 Ki f32
 /// accumulators (8 KiB) stay in L1 while every input is folded in.
 const MINI_ELEMS: usize = 2048;
-/// Consumed input bytes (of the widest input) after which their pages are
-/// dropped from the resident set: 16 MiB per input bounds what streaming
-/// keeps mapped while making the `madvise` calls few.
+/// Consumed input bytes (summed over all inputs) after which their pages are
+/// dropped from the resident set: 16 MiB bounds what streaming keeps mapped,
+/// whatever the number of inputs, while making the `madvise` calls few.
 const RELEASE_BYTES: usize = 16 << 20;
 /// Chunks queued between the compute loop and the writer thread: 8 (16 MiB
 /// of bf16), two of the writer's 8 MiB direct-I/O blocks, so computing goes
@@ -377,10 +377,15 @@ pub fn run(
                 }
                 let mut offset = 0usize;
                 let mut released = 0usize;
-                let max_elem = sources.iter().map(|s| s.elem).max().unwrap_or(1);
+                // Input bytes one output element consumes over all inputs:
+                // with many inputs (an EMA over hundreds of checkpoints) the
+                // chunk shrinks so that the input pages it touches stay
+                // within RELEASE_BYTES, whatever the number of inputs.
+                let in_elem: usize = sources.iter().map(|s| s.elem).sum::<usize>().max(1);
+                let chunk_elems = CHUNK_ELEMS.min((RELEASE_BYTES / in_elem).max(SUB_ELEMS));
                 // A 0-element tensor still gets one (empty) pass.
                 loop {
-                    let n = CHUNK_ELEMS.min(numel - offset);
+                    let n = chunk_elems.min(numel - offset);
                     // A recycled buffer is not cleared: every byte of it
                     // is overwritten below.
                     let mut buf = back_rx.try_recv().unwrap_or_default();
@@ -422,7 +427,7 @@ pub fn run(
                     // Drop the input pages consumed so far from the resident
                     // set, in batches: each `madvise` costs a TLB shootdown
                     // on every core that ran a worker.
-                    if (offset - released) * max_elem >= RELEASE_BYTES || offset >= numel {
+                    if (offset - released) * in_elem >= RELEASE_BYTES || offset >= numel {
                         for s in &sources {
                             if s.perm.is_none() {
                                 s.ckpt

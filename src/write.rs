@@ -176,12 +176,7 @@ impl CheckpointWriter {
         force: bool,
     ) -> Result<Self> {
         let target = layout.path().to_path_buf();
-        if target.exists() && !force {
-            return Err(Error::Output {
-                path: target,
-                reason: "already exists (use --force to overwrite)".into(),
-            });
-        }
+        refuse_existing(&target, force)?;
         if let OutputLayout::File(_) = layout
             && target.is_dir()
         {
@@ -586,6 +581,19 @@ const DIRECT_BLOCK: usize = 8 << 20;
 const DIRECT_ALIGN: usize = 4096;
 /// Shards with less tensor data than this are written through the page cache.
 const DIRECT_MIN_BYTES: u64 = 2 * DIRECT_BLOCK as u64;
+
+/// Fails if `target` exists and `force` is not set. [`CheckpointWriter::create`]
+/// checks this too; commands that do expensive work first (alignment) call
+/// it up front so that a user is not told after minutes of work.
+pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
+    if target.exists() && !force {
+        return Err(Error::Output {
+            path: target.to_path_buf(),
+            reason: "already exists (use --force to overwrite)".into(),
+        });
+    }
+    Ok(())
+}
 
 /// Splits tensors into consecutive shards of at most `max` data bytes (a
 /// tensor larger than `max` gets a shard of its own), named as

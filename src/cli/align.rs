@@ -83,6 +83,7 @@ pub fn match_pair(
 }
 
 pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
+    polymerge::write::refuse_existing(&a.out.output, a.out.force)?;
     let ca = Checkpoint::open(&a.a)?;
     let cb = Checkpoint::open(&a.b)?;
     // Same tensors and shapes, or a clear error naming the difference.

@@ -12,6 +12,7 @@ use super::args::{AvgArgs, OutputArgs};
 use super::output::{bar, human_bytes, human_count, layout, warn, warn_nonfinite};
 
 pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
+    polymerge::write::refuse_existing(&a.out.output, a.out.force)?;
     let ckpts = open_all(&a.inputs)?;
     let mut opts = MergeOptions::uniform(ckpts.len());
     if let Some(w) = &a.weights {

@@ -38,6 +38,9 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         "f64" => Accumulation::F64,
         other => anyhow::bail!("unknown --accum `{other}` (use f32 or f64)"),
     };
+    if !a.dry_run {
+        polymerge::write::refuse_existing(&a.out.output, a.out.force)?;
+    }
     let explicit = a.steps.as_deref().map(ema::parse_steps).transpose()?;
     let ckpts: Vec<Checkpoint> = a
         .inputs
