@@ -61,6 +61,21 @@ pub struct MergeInput<'a> {
 }
 
 impl<'a> MergeInput<'a> {
+    /// Pairs checkpoints with their (optional) permutations.
+    pub fn zip(
+        checkpoints: impl IntoIterator<Item = &'a Checkpoint>,
+        perms: &'a [Option<ModelPermutation>],
+    ) -> Vec<Self> {
+        checkpoints
+            .into_iter()
+            .zip(perms)
+            .map(|(checkpoint, p)| Self {
+                checkpoint,
+                permutation: p.as_ref(),
+            })
+            .collect()
+    }
+
     /// An input read as stored.
     pub fn plain(checkpoint: &'a Checkpoint) -> Self {
         Self {

@@ -40,6 +40,18 @@ pub fn resolve_spec(
     Ok(spec)
 }
 
+/// Opens two checkpoints that must hold the same tensors with the same
+/// shapes (else an error naming the difference).
+pub fn open_pair(a: &Path, b: &Path) -> anyhow::Result<(Checkpoint, Checkpoint)> {
+    let ca = Checkpoint::open(a)?;
+    let cb = Checkpoint::open(b)?;
+    average::plan(
+        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
+        &MergeOptions::uniform(2),
+    )?;
+    Ok((ca, cb))
+}
+
 pub fn spec(a: SpecArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&a.path)?;
     let spec = resolve_spec(None, a.groups.as_deref(), &[&ckpt])?;
@@ -84,13 +96,7 @@ pub fn match_pair(
 
 pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
     polymerge::write::refuse_existing(&a.out.output, a.out.force)?;
-    let ca = Checkpoint::open(&a.a)?;
-    let cb = Checkpoint::open(&a.b)?;
-    // Same tensors and shapes, or a clear error naming the difference.
-    average::plan(
-        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
-        &MergeOptions::uniform(2),
-    )?;
+    let (ca, cb) = open_pair(&a.a, &a.b)?;
     let spec = resolve_spec(
         a.matching.spec.as_deref(),
         a.matching.groups.as_deref(),
@@ -289,12 +295,7 @@ pub fn align_inputs(
 }
 
 pub fn barrier(a: BarrierArgs) -> anyhow::Result<ExitCode> {
-    let ca = Checkpoint::open(&a.a)?;
-    let cb = Checkpoint::open(&a.b)?;
-    average::plan(
-        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
-        &MergeOptions::uniform(2),
-    )?;
+    let (ca, cb) = open_pair(&a.a, &a.b)?;
     let data = polymerge::evaluate::Dataset::load(&a.data)?;
     let mut aligned = None;
     let perm = if a.align {

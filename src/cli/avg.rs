@@ -34,14 +34,7 @@ pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
         }
         None => vec![None; ckpts.len()],
     };
-    let inputs: Vec<MergeInput> = ckpts
-        .iter()
-        .zip(&perms)
-        .map(|(c, p)| MergeInput {
-            checkpoint: c,
-            permutation: p.as_ref(),
-        })
-        .collect();
+    let inputs = MergeInput::zip(ckpts.iter(), &perms);
     let quiet = a.out.quiet || a.out.json;
     let aligned = a.align.is_some();
     if let Some(code) =

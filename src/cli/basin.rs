@@ -14,7 +14,6 @@ use polymerge::average::{self, MergeInput, MergeOptions};
 use polymerge::basin::{
     self, Assessment, Diagnostics, GroupDiagnostics, Summary, TensorClass, Thresholds, Verdict,
 };
-use polymerge::checkpoint::Checkpoint;
 use polymerge::ema::StepInfo;
 use serde_json::json;
 
@@ -105,12 +104,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let th = Thresholds::default();
-    let ca = Checkpoint::open(&a.a)?;
-    let cb = Checkpoint::open(&a.b)?;
-    average::plan(
-        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
-        &MergeOptions::uniform(2),
-    )?;
+    let (ca, cb) = super::align::open_pair(&a.a, &a.b)?;
     // Weight matching: decisive when it can run.
     let params: usize = ca
         .tensors()

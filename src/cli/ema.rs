@@ -114,14 +114,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     } else {
         vec![None; used.len()]
     };
-    let inputs: Vec<MergeInput> = used
-        .iter()
-        .zip(&perms)
-        .map(|(c, p)| MergeInput {
-            checkpoint: c,
-            permutation: p.as_ref(),
-        })
-        .collect();
+    let inputs = MergeInput::zip(used.iter().copied(), &perms);
     let quiet = a.out.quiet || a.out.json;
     let basin = &a.basin;
     if let Some(code) =
