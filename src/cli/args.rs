@@ -13,8 +13,9 @@ use clap::{Args, Parser, Subcommand};
     long_about = "Permutation-aware merging of neural-network checkpoints.\n\n\
 Reads safetensors checkpoints (single files, Hugging Face sharded checkpoints \
 or model directories) memory-mapped, averages them with PyTorch's exact \
-numerics, aligns hidden units by weight matching (Git Re-Basin) and computes \
-offline EMAs of checkpoint trajectories.",
+numerics, aligns hidden units by weight matching (Git Re-Basin), computes \
+offline EMAs of checkpoint trajectories, and warns when runs sit in \
+disconnected basins.",
     after_help = "Examples:\n  polymerge inspect model.safetensors --stats\n  polymerge avg a.safetensors b.safetensors -o merged.safetensors\n  polymerge avg run1/ run2/ run3/ --weights 0.5,0.25,0.25 -o soup/"
 )]
 pub struct Cli {
