@@ -34,13 +34,7 @@ use crate::error::{Error, Result};
 use crate::permute::{ModelPermutation, TensorPermutation, gather};
 use crate::write::{CheckpointWriter, TensorPlan, WriteSummary};
 
-/// Output elements per streamed chunk: 1 Mi elements (2–4 MiB of output),
-/// large enough to amortise a channel hand-off and a `madvise` call, small
-/// enough that a handful in flight stay far below the memory budget.
-pub const CHUNK_ELEMS: usize = 1 << 20;
-/// Elements per parallel work item inside a chunk (16 Ki: enough work to
-/// amortise rayon's scheduling; the f64 path keeps 16 Ki accumulators in L2).
-pub const SUB_ELEMS: usize = 1 << 14;
+pub use crate::checkpoint::stream::{CHUNK_ELEMS, SUB_ELEMS};
 /// Elements accumulated at a time inside a work item (f32 path): 2 Ki f32
 /// accumulators (8 KiB) stay in L1 while every input is folded in.
 const MINI_ELEMS: usize = 2048;

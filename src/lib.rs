@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod ema;
 pub mod error;
 pub mod evaluate;
+pub mod observe;
 pub mod permute;
 pub mod similarity;
 pub mod spec;

@@ -40,6 +40,88 @@ impl ModelPermutation {
     }
 }
 
+/// One permutation per group of a spec, in the spec's group order: unit `u`
+/// of group `g` in the output is unit `perms[g][u]` of the input (the
+/// convention of [`TensorPermutation`]). What weight matching finds and
+/// `--save-perm` stores.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct GroupPerms(Vec<Vec<usize>>);
+
+impl GroupPerms {
+    /// The identity permutation of groups of these sizes.
+    pub fn identity(sizes: impl IntoIterator<Item = usize>) -> Self {
+        Self(sizes.into_iter().map(|n| (0..n).collect()).collect())
+    }
+
+    /// Wraps one permutation per group (not checked: see [`is_permutation`]).
+    pub fn new(perms: Vec<Vec<usize>>) -> Self {
+        Self(perms)
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The permutations, in group order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Vec<usize>> {
+        self.0.iter()
+    }
+
+    /// Replaces group `g`'s permutation.
+    pub fn set(&mut self, g: usize, perm: Vec<usize>) {
+        self.0[g] = perm;
+    }
+
+    /// True if group `g` is not permuted.
+    pub fn is_identity(&self, g: usize) -> bool {
+        self.0[g].iter().enumerate().all(|(i, &j)| i == j)
+    }
+
+    /// Fraction of group `g`'s units not at their own index (0 for an empty group).
+    pub fn churn(&self, g: usize) -> f64 {
+        let p = &self.0[g];
+        let moved = p.iter().enumerate().filter(|(i, j)| i != *j).count();
+        if p.is_empty() {
+            0.0
+        } else {
+            moved as f64 / p.len() as f64
+        }
+    }
+
+    /// The permutations as plain vectors.
+    pub fn into_inner(self) -> Vec<Vec<usize>> {
+        self.0
+    }
+}
+
+impl std::ops::Index<usize> for GroupPerms {
+    type Output = Vec<usize>;
+    fn index(&self, g: usize) -> &Vec<usize> {
+        &self.0[g]
+    }
+}
+
+impl From<Vec<Vec<usize>>> for GroupPerms {
+    fn from(perms: Vec<Vec<usize>>) -> Self {
+        Self(perms)
+    }
+}
+
+impl<'a> IntoIterator for &'a GroupPerms {
+    type Item = &'a Vec<usize>;
+    type IntoIter = std::slice::Iter<'a, Vec<usize>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// Copies elements `range` (flat, row-major, of the *output*) of a tensor of
 /// `shape` from `src` (the whole unpermuted tensor) into `out`, applying
 /// `perm`. Each tensor element is `elem` items of `T` (its bytes when `T` is

@@ -9,6 +9,7 @@ use ndarray::Array2;
 use polymerge::alignment::{self, AlignOptions, Permuted, WeightSource};
 use polymerge::checkpoint::Checkpoint;
 use polymerge::evaluate::{MlpLayout, forward};
+use polymerge::permute::GroupPerms;
 use polymerge::spec::infer::infer;
 use polymerge::write::{CheckpointWriter, OutputLayout, TensorPlan};
 use proptest::prelude::*;
@@ -108,7 +109,7 @@ proptest! {
         let ckpt = Checkpoint::open(&path).unwrap();
         let spec = infer(&ckpt).unwrap();
         prop_assert_eq!(spec.groups.len(), 2);
-        let perms: Vec<Vec<usize>> = spec.groups.iter().enumerate().map(|(i, g)| shuffled(seed + 99 + i as u64, g.size)).collect();
+        let perms: GroupPerms = spec.groups.iter().enumerate().map(|(i, g)| shuffled(seed + 99 + i as u64, g.size)).collect::<Vec<_>>().into();
         let perm = alignment::model_permutation(&spec, &ckpt, &perms, None).unwrap();
         let permuted = Permuted { source: &ckpt, perm: &perm };
         let layout = MlpLayout::infer(&ckpt).unwrap();
@@ -130,11 +131,11 @@ proptest! {
         write(&a_path, &original);
         let a = Checkpoint::open(&a_path).unwrap();
         let spec = infer(&a).unwrap();
-        let perms: Vec<Vec<usize>> = spec.groups.iter().enumerate().map(|(i, g)| shuffled(seed + 5 + i as u64, g.size)).collect();
+        let perms: GroupPerms = spec.groups.iter().enumerate().map(|(i, g)| shuffled(seed + 5 + i as u64, g.size)).collect::<Vec<_>>().into();
         let perm = alignment::model_permutation(&spec, &a, &perms, None).unwrap();
         write(&b_path, &read_all(&Permuted { source: &a, perm: &perm }));
         let b = Checkpoint::open(&b_path).unwrap();
-        let r = alignment::weight_matching(&spec, &a, &b, &AlignOptions::default(), &|_| {}).unwrap();
+        let r = alignment::weight_matching(&spec, &a, &b, &AlignOptions::default(), &()).unwrap();
         let back = alignment::model_permutation(&spec, &b, &r.perms, None).unwrap();
         let recovered = read_all(&Permuted { source: &b, perm: &back });
         for (name, (shape, v)) in &original {

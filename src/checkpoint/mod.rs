@@ -11,6 +11,7 @@
 
 pub mod dtype;
 mod mmap;
+pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

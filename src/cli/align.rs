@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use polymerge::alignment::{self, AlignOptions, Alignment, WeightSource};
 use polymerge::average::{self, MergeInput, MergeOptions};
 use polymerge::checkpoint::Checkpoint;
-use polymerge::permute::ModelPermutation;
+use polymerge::observe::{Event, Observer};
+use polymerge::permute::{GroupPerms, ModelPermutation};
 use polymerge::spec::{self, PERM_FORMAT, PermFile, PermutationSpec};
 use serde_json::json;
 
@@ -74,13 +75,41 @@ fn spinner(quiet: bool) -> ProgressBar {
     pb
 }
 
+/// Shows weight-matching steps as the spinner's message.
+struct SpinnerText<'a>(&'a ProgressBar);
+
+impl Observer for SpinnerText<'_> {
+    fn event(&self, event: &Event<'_>) {
+        match *event {
+            Event::GroupVisited {
+                sweep,
+                group,
+                units,
+                score_before,
+                score_after,
+            } => self.0.set_message(format!(
+                "sweep {sweep} group {group} ({units} units): {score_before:.6e} -> {score_after:.6e}"
+            )),
+            Event::MergeManyStep {
+                round,
+                model,
+                objective,
+            } => self.0.set_message(format!(
+                "round {round} model {}: objective {objective:.6e}",
+                model + 1
+            )),
+            _ => {}
+        }
+    }
+}
+
 /// Runs weight matching of `b` onto `a` with the user's options.
 pub fn match_pair(
     spec: &PermutationSpec,
     a: &Checkpoint,
     b: &Checkpoint,
     m: &MatchArgs,
-    init: Option<Vec<Vec<usize>>>,
+    init: Option<GroupPerms>,
     quiet: bool,
 ) -> anyhow::Result<Alignment> {
     let opts = AlignOptions {
@@ -89,7 +118,7 @@ pub fn match_pair(
         init,
     };
     let pb = spinner(quiet);
-    let r = alignment::weight_matching(spec, a, b, &opts, &|msg| pb.set_message(msg.to_string()));
+    let r = alignment::weight_matching(spec, a, b, &opts, &SpinnerText(&pb));
     pb.finish_and_clear();
     Ok(r?)
 }
@@ -203,7 +232,7 @@ fn write_permuted(
     )
 }
 
-fn save_perm(path: &Path, spec: &PermutationSpec, perms: &[Vec<usize>]) -> anyhow::Result<()> {
+fn save_perm(path: &Path, spec: &PermutationSpec, perms: &GroupPerms) -> anyhow::Result<()> {
     let file = PermFile {
         format: PERM_FORMAT.into(),
         groups: spec
@@ -277,9 +306,7 @@ pub fn align_inputs(
                 init: None,
             };
             let pb = spinner(quiet);
-            let r = alignment::merge_many(&spec, &sources, &opts, &|msg| {
-                pb.set_message(msg.to_string())
-            });
+            let r = alignment::merge_many(&spec, &sources, &opts, &SpinnerText(&pb));
             pb.finish_and_clear();
             let r = r?;
             if !quiet {

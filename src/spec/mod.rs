@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, dtype};
 use crate::error::{Error, Result};
-use crate::permute::{ModelPermutation, TensorPermutation, is_permutation};
+use crate::permute::{GroupPerms, ModelPermutation, TensorPermutation, is_permutation};
 
 /// The `format` tag of spec files this version reads and writes.
 pub const SPEC_FORMAT: &str = "polymerge-spec/1";
@@ -125,6 +125,11 @@ impl PermutationSpec {
             groups,
             notes: Vec::new(),
         }
+    }
+
+    /// The identity permutation of every group.
+    pub fn identity(&self) -> GroupPerms {
+        GroupPerms::identity(self.groups.iter().map(|g| g.size))
     }
 
     /// Reads a spec file.
@@ -243,7 +248,7 @@ impl PermutationSpec {
     pub fn model_permutation(
         &self,
         shape_of: &dyn Fn(&str) -> Result<Vec<usize>>,
-        perms: &[Vec<usize>],
+        perms: &GroupPerms,
         skip: Option<usize>,
     ) -> Result<ModelPermutation> {
         let mut out: HashMap<String, TensorPermutation> = HashMap::new();
@@ -305,7 +310,7 @@ impl PermFile {
 
     /// Orders the saved permutations as `spec`'s groups, checking sizes.
     /// Groups of the spec missing from the file stay identity.
-    pub fn perms_for(&self, spec: &PermutationSpec, path: &Path) -> Result<Vec<Vec<usize>>> {
+    pub fn perms_for(&self, spec: &PermutationSpec, path: &Path) -> Result<GroupPerms> {
         let fail = |reason: String| Error::Perm {
             path: path.to_path_buf(),
             reason,
@@ -333,6 +338,7 @@ impl PermFile {
                 ))),
                 Some(p) => Ok(p.clone()),
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .map(GroupPerms::new)
     }
 }

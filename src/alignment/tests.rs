@@ -1,0 +1,210 @@
+//! Tests of weight matching: per-head relabelling, streamed similarities,
+//! row views, and the skip rule.
+
+use super::heads::tie_siblings;
+use super::source::ROWS_CHUNK_ELEMS;
+use super::step::later_maps;
+use super::*;
+use crate::error::Result;
+use crate::permute::TensorPermutation;
+use crate::permute::{GroupPerms, ModelPermutation};
+use crate::similarity;
+use crate::spec::{AxisMember, PermGroup};
+use std::collections::HashMap;
+
+/// Tensors in memory, with the default `read_rows`.
+struct Mem(HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl WeightSource for Mem {
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.0[name].0.clone())
+    }
+    fn read(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.0[name].1.clone())
+    }
+    fn float_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.0.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = SplitMix64(seed);
+    (0..n)
+        .map(|_| (r.next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn group(name: &str, size: usize, kind: &str, members: Vec<AxisMember>) -> PermGroup {
+    PermGroup {
+        name: name.into(),
+        size,
+        kind: Some(kind.into()),
+        members,
+    }
+}
+
+/// Per-head V dims (2 heads of 3) listed before the head group.
+fn per_head_spec() -> PermutationSpec {
+    let dims = |k: usize| {
+        group(
+            &format!("vo_dims.{k}"),
+            3,
+            "vo_dims",
+            vec![AxisMember {
+                start: 3 * k,
+                ..AxisMember::plain("v", 0)
+            }],
+        )
+    };
+    PermutationSpec::new(
+        None,
+        vec![
+            dims(0),
+            dims(1),
+            group(
+                "heads",
+                2,
+                "heads",
+                vec![AxisMember {
+                    block: 3,
+                    ..AxisMember::plain("v", 0)
+                }],
+            ),
+        ],
+    )
+}
+
+#[test]
+fn sibling_per_head_groups_are_tied_into_one_for_the_first_phase() {
+    let tied = tie_siblings(&per_head_spec()).expect("siblings");
+    let (tied, owner) = (tied.spec, tied.owner);
+    assert_eq!(tied.groups.len(), 2);
+    assert_eq!(tied.groups[0].name, "vo_dims");
+    assert_eq!(tied.groups[0].members.len(), 2);
+    assert_eq!(owner, vec![0, 0, 1]);
+    // No siblings: nothing to tie.
+    let mut single = per_head_spec();
+    single.groups.remove(1);
+    assert!(tie_siblings(&single).is_none());
+}
+
+#[test]
+fn a_per_head_group_is_relabelled_to_the_slot_its_head_moves_to() {
+    let spec = per_head_spec();
+    let src = Mem([("v".to_string(), (vec![6, 1], values(6, 9)))].into());
+    // Heads swapped: head 0's dims end up in slot 1 (positions 3..6).
+    let perms = GroupPerms::new(vec![vec![0, 1, 2], vec![0, 1, 2], vec![1, 0]]);
+    let maps = later_maps(&spec, 0, &src, &perms).unwrap();
+    assert_eq!(maps[0], Some(vec![3, 4, 5, 0, 1, 2]));
+    // The head group itself is last: nothing after it.
+    assert_eq!(later_maps(&spec, 2, &src, &perms).unwrap(), vec![None]);
+}
+
+#[test]
+fn permuted_rows_are_the_rows_of_the_permuted_tensor() {
+    let src = Mem([("w".to_string(), (vec![4, 3], values(12, 1)))].into());
+    let perm = ModelPermutation {
+        tensors: [(
+            "w".to_string(),
+            TensorPermutation {
+                axes: vec![Some(vec![2, 0, 3, 1]), Some(vec![1, 2, 0])],
+            },
+        )]
+        .into(),
+    };
+    let view = Permuted {
+        source: &src,
+        perm: &perm,
+    };
+    let whole = view.read("w").unwrap();
+    let rows = view.read_rows("w", &[3, 1]).unwrap();
+    assert_eq!(rows[..3], whole[9..12]);
+    assert_eq!(rows[3..], whole[3..6]);
+}
+
+/// A 3-layer MLP with an embedding-like input table `e` large enough to
+/// be streamed in row chunks (its axis 1 is group h1, like the residual
+/// stream's embedding), and B = A with both hidden layers permuted.
+fn mlp_pair() -> (PermutationSpec, Mem, Mem, GroupPerms) {
+    let (h1, h2) = (6usize, 5usize);
+    let rows = ROWS_CHUNK_ELEMS / h1 + 40;
+    let spec = PermutationSpec::new(
+        None,
+        vec![
+            PermGroup {
+                name: "h1".into(),
+                size: h1,
+                kind: None,
+                members: vec![AxisMember::plain("e", 1), AxisMember::plain("w2", 1)],
+            },
+            PermGroup {
+                name: "h2".into(),
+                size: h2,
+                kind: None,
+                members: vec![AxisMember::plain("w2", 0), AxisMember::plain("w3", 1)],
+            },
+        ],
+    );
+    let a = Mem([
+        ("e".to_string(), (vec![rows, h1], values(rows * h1, 2))),
+        ("w2".to_string(), (vec![h2, h1], values(h2 * h1, 3))),
+        ("w3".to_string(), (vec![3, h2], values(3 * h2, 4))),
+    ]
+    .into());
+    let perms = GroupPerms::new(vec![vec![3, 0, 5, 1, 4, 2], vec![4, 2, 0, 1, 3]]);
+    let map = model_permutation(&spec, &a, &perms, None).unwrap();
+    let view = Permuted {
+        source: &a,
+        perm: &map,
+    };
+    let b = Mem(a
+        .0
+        .keys()
+        .map(|k| (k.clone(), (a.0[k].0.clone(), view.read(k).unwrap())))
+        .collect());
+    (spec, a, b, perms)
+}
+
+#[test]
+fn a_streamed_member_gives_the_same_similarity_as_a_whole_one() {
+    let (spec, a, b, _) = mlp_pair();
+    // Group h1's member e (axis 1, > ROWS_CHUNK_ELEMS) is streamed.
+    let s = similarity_matrix(&spec, 0, &a, &b).unwrap();
+    let n = 6;
+    let mut whole = vec![0.0f64; n * n];
+    for m in &spec.groups[0].members {
+        let shape = a.shape(&m.tensor).unwrap();
+        similarity::accumulate(
+            &mut whole,
+            &a.read(&m.tensor).unwrap(),
+            &b.read(&m.tensor).unwrap(),
+            &shape,
+            m,
+            n,
+        );
+    }
+    for (x, y) in s.iter().zip(&whole) {
+        assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn visits_whose_neighbours_did_not_change_are_skipped_and_the_answer_is_exact() {
+    let (spec, a, b, perms) = mlp_pair();
+    let r = weight_matching(&spec, &a, &b, &AlignOptions::default(), &()).unwrap();
+    assert!(r.converged);
+    // Recovering B's permutation: aligned unit u is B's unit p[u].
+    for (found, applied) in r.perms.iter().zip(&perms) {
+        let inv = crate::permute::inverse(applied);
+        assert_eq!(found, &inv);
+    }
+    // The confirming sweep skips at least the group whose only neighbour
+    // did not change after it was solved.
+    let skipped: usize = r.groups.iter().map(|g| g.skipped).sum();
+    assert!(skipped >= 1, "{:?}", r.groups);
+    assert_eq!(r.sweep_seconds.len(), r.sweeps);
+    let objective_a = objective(&a, &a, &a.float_names()).unwrap();
+    assert!((r.objective_after - objective_a).abs() <= 1e-6 * objective_a);
+}

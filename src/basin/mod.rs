@@ -1,0 +1,94 @@
+//! Basin check: are two checkpoints in one basin of the loss landscape, so
+//! that a naive (unaligned) weight average is sensible, or in disconnected
+//! basins (for example independent runs whose hidden units are permuted
+//! relative to each other)? Data-free: only the weights are read.
+//!
+//! Per float tensor `t` of A and B (flattened, sums in f64):
+//!
+//! - cosine `cos = ⟨A,B⟩ / (‖A‖·‖B‖)`;
+//! - relative distance `‖A−B‖ / ((‖A‖+‖B‖)/2)`;
+//! - midpoint norm ratio `‖(A+B)/2‖ / ((‖A‖+‖B‖)/2)`: 1 for identical
+//!   weights, `√((1+cos)/2)` for equal norms, ≈ 0.71 for unrelated weights.
+//!   That is the "variance collapse" of naive averages that REPAIR (Jordan et
+//!   al. 2022) identified: every layer's outputs shrink by about that factor,
+//!   compounded over depth.
+//!
+//! The verdict is driven by the cosine of the *large* weight tensors (at
+//! least 2-D and [`Thresholds::min_numel`] elements, where the noise floor of
+//! the cosine of unrelated weights, `1/√numel`, is ≤ 0.03): vectors such as
+//! norm scales or biases share structure across independent runs (LayerNorm
+//! weights near 1 have cos ≈ 1 even when permuted), and the midpoint ratio
+//! and the relative distance are inflated by norm changes along one run
+//! (see `docs/basin.md` for the calibration on real pairs).
+//!
+//! When a permutation spec is available, weight matching adds the decisive
+//! signal ([`GroupDiagnostics`]): the group's cosine before and after
+//! alignment and the churn (fraction of units that move). A large gain with
+//! high churn means B is a permuted copy in another basin; near-zero churn
+//! means the same unit order, i.e. one basin even when the weights moved far.
+//!
+//! The streaming pass ([`stream_sums`]) reads every input once, chunk by
+//! chunk from the memory maps (optionally through a permutation), so it is
+//! cheap enough to run before every `avg` / `ema`.
+
+mod diagnose;
+mod sums;
+mod verdict;
+
+use serde::Serialize;
+
+pub use diagnose::{
+    Diagnostics, GroupClass, GroupDiagnostics, Summary, TensorClass, TensorDiagnostics, diagnose,
+    group_diagnostics, linear_chain,
+};
+pub use sums::{PairSums, stream_sums};
+pub use verdict::{Assessment, Verdict, assess, check_pairs, shrink_words};
+
+/// The thresholds of the verdict. The defaults are calibrated on the labelled
+/// pairs of `docs/basin.md` (`scripts/calibrate_basin.py`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Thresholds {
+    /// A tensor takes part in the verdict if it has at least 2 dimensions and
+    /// this many elements (cosine noise floor of unrelated weights ≤ 1/√n).
+    pub min_numel: u64,
+    /// Below this cosine a large tensor looks unrelated (midpoint ratio
+    /// ≲ 0.74 for equal norms).
+    pub cos_unrelated: f64,
+    /// From this cosine on a large tensor looks related (midpoint ratio
+    /// ≳ 0.76 for equal norms).
+    pub cos_related: f64,
+    /// Disconnected when at least this fraction of the large tensors'
+    /// parameters looks unrelated.
+    pub unrelated_fraction: f64,
+    /// Connected (data-free) when at least this fraction looks related and
+    /// less than [`Thresholds::stray_fraction`] looks unrelated.
+    pub related_fraction: f64,
+    /// Largest fraction of unrelated parameters a connected pair may have.
+    pub stray_fraction: f64,
+    /// A group whose churn is at most this keeps B's unit order (same basin).
+    pub churn_same: f64,
+    /// A group whose churn is at least this, with a cosine gain of at least
+    /// [`Thresholds::gain_permuted`], is permuted (another basin).
+    pub churn_permuted: f64,
+    /// Minimum gain of a group's cosine under matching to call it permuted.
+    pub gain_permuted: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            min_numel: 1024,
+            cos_unrelated: 0.10,
+            cos_related: 0.15,
+            unrelated_fraction: 0.5,
+            related_fraction: 0.9,
+            stray_fraction: 0.01,
+            churn_same: 0.10,
+            churn_permuted: 0.50,
+            gain_permuted: 0.05,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

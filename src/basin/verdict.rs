@@ -1,0 +1,236 @@
+//! The verdict of a basin check and its reasons in words.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::{
+    Diagnostics, GroupClass, GroupDiagnostics, Summary, TensorClass, TensorDiagnostics, Thresholds,
+};
+use super::{diagnose, linear_chain, stream_sums};
+use crate::average::MergeInput;
+use crate::error::Result;
+
+/// The verdict of a basin check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Connected,
+    Disconnected,
+    Uncertain,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Connected => "connected",
+            Verdict::Disconnected => "disconnected",
+            Verdict::Uncertain => "uncertain",
+        })
+    }
+}
+
+/// A verdict with its reasons in words.
+#[derive(Clone, Debug, Serialize)]
+pub struct Assessment {
+    pub verdict: Verdict,
+    /// Data-free part of the verdict alone (what `avg`/`ema` see).
+    pub data_free: Verdict,
+    pub reasons: Vec<String>,
+}
+
+/// `0.71x per layer (~0.36x over 3 layers)`.
+pub fn shrink_words(s: &Summary) -> Option<String> {
+    let per = s.midpoint_ratio_per_layer?;
+    Some(match (s.compounded_midpoint_ratio, s.layers) {
+        (Some(c), Some(l)) if l > 1 => format!("~{per:.2}x per layer (~{c:.2}x over {l} layers)"),
+        _ => format!("~{per:.2}x per layer"),
+    })
+}
+
+fn pct(x: f64) -> String {
+    let p = x * 100.0;
+    if p > 0.0 && p < 0.1 {
+        "<0.1%".into()
+    } else if !(99.95..100.0).contains(&p) {
+        format!("{p:.1}%")
+    } else {
+        ">99.9%".into()
+    }
+}
+
+/// The data-free verdict and its reasons.
+fn assess_data_free(d: &Diagnostics, th: &Thresholds) -> (Verdict, Vec<String>) {
+    let s = &d.summary;
+    let shrink = shrink_words(s).unwrap_or_default();
+    if s.judged_tensors == 0 {
+        return (
+            Verdict::Uncertain,
+            vec![format!(
+                "no weight tensor with at least 2 dimensions and {} elements: too small for a data-free check",
+                th.min_numel
+            )],
+        );
+    }
+    let judged: Vec<&TensorDiagnostics> = d
+        .tensors
+        .iter()
+        .filter(|t| t.class != TensorClass::NotJudged)
+        .collect();
+    let of = |c: TensorClass| judged.iter().filter(|t| t.class == c).count();
+    let example = |c: TensorClass| {
+        judged
+            .iter()
+            .filter(|t| t.class == c)
+            .max_by_key(|t| t.numel)
+            .map(|t| {
+                format!(
+                    "{}: cos {:.3}, midpoint norm ratio {:.2}",
+                    t.name,
+                    t.cos.unwrap_or(f64::NAN),
+                    t.midpoint_ratio.unwrap_or(f64::NAN)
+                )
+            })
+            .unwrap_or_default()
+    };
+    if s.unrelated_fraction >= th.unrelated_fraction {
+        let mut r = vec![format!(
+            "{} of {} large weight tensors ({} of their parameters) look unrelated (cos < {:.2}), e.g. {}",
+            of(TensorClass::Unrelated),
+            judged.len(),
+            pct(s.unrelated_fraction),
+            th.cos_unrelated,
+            example(TensorClass::Unrelated)
+        )];
+        if !shrink.is_empty() {
+            r.push(format!(
+                "a naive average would shrink activations to {shrink}"
+            ));
+        }
+        return (Verdict::Disconnected, r);
+    }
+    let min = format!(
+        "lowest cos {:.3} ({})",
+        s.min_cos.unwrap_or(f64::NAN),
+        s.min_cos_tensor.as_deref().unwrap_or("?")
+    );
+    if s.related_fraction >= th.related_fraction && s.unrelated_fraction < th.stray_fraction {
+        let mut r = vec![format!(
+            "the weights are related: {} of the large weight tensors' parameters have cos ≥ {:.2}, {min}",
+            pct(s.related_fraction),
+            th.cos_related
+        )];
+        if !shrink.is_empty() {
+            r.push(format!("midpoint norm ratio {shrink}"));
+        }
+        return (Verdict::Connected, r);
+    }
+    let mut r = vec![format!(
+        "mixed signals: {} of the large weight tensors' parameters look unrelated (cos < {:.2}), {} related (cos ≥ {:.2}); {min}",
+        pct(s.unrelated_fraction),
+        th.cos_unrelated,
+        pct(s.related_fraction),
+        th.cos_related
+    )];
+    if of(TensorClass::Unrelated) > 0 {
+        r.push(format!("e.g. {}", example(TensorClass::Unrelated)));
+    }
+    (Verdict::Uncertain, r)
+}
+
+/// The verdict for a pair. `groups` are the weight-matching diagnostics of
+/// the naive pair, when matching ran; pass `None` for an already aligned
+/// pair (whose alignment moved units on purpose) or when no spec exists.
+pub fn assess(d: &Diagnostics, groups: Option<&[GroupDiagnostics]>, th: &Thresholds) -> Assessment {
+    let (data_free, mut reasons) = assess_data_free(d, th);
+    let groups: Vec<&GroupDiagnostics> = groups
+        .unwrap_or(&[])
+        .iter()
+        .filter(|g| g.class.is_some())
+        .collect();
+    if groups.is_empty() {
+        return Assessment {
+            verdict: data_free,
+            data_free,
+            reasons,
+        };
+    }
+    let describe = |g: &GroupDiagnostics| {
+        format!(
+            "{}: {} of {} units permuted (group cosine {:.2} -> {:.2} after weight matching)",
+            g.name,
+            pct(g.churn.unwrap_or(0.0)),
+            g.size,
+            g.cos_before.unwrap_or(f64::NAN),
+            g.cos_after.unwrap_or(f64::NAN)
+        )
+    };
+    let permuted: Vec<_> = groups
+        .iter()
+        .filter(|g| g.class == Some(GroupClass::Permuted))
+        .collect();
+    let partial: Vec<_> = groups
+        .iter()
+        .filter(|g| g.class == Some(GroupClass::Partial))
+        .collect();
+    let max_churn = groups.iter().filter_map(|g| g.churn).fold(0.0f64, f64::max);
+    let verdict = if !permuted.is_empty() {
+        let mut r: Vec<String> = permuted.iter().map(|g| describe(g)).collect();
+        r.push("B is a permuted copy in another basin: align it (--align) before averaging".into());
+        // Keep the data-free facts (shrink factor) after the matching ones.
+        r.extend(
+            reasons
+                .drain(..)
+                .filter(|x| x.starts_with("a naive average")),
+        );
+        reasons = r;
+        Verdict::Disconnected
+    } else if partial.is_empty() {
+        let note = format!(
+            "weight matching keeps B's unit order (churn ≤ {} in every group)",
+            pct(max_churn)
+        );
+        match data_free {
+            Verdict::Disconnected => {
+                reasons.insert(0, format!("{note}, yet the weights look unrelated"));
+                Verdict::Uncertain
+            }
+            _ => {
+                reasons.insert(0, note);
+                Verdict::Connected
+            }
+        }
+    } else {
+        let mut r: Vec<String> = partial.iter().map(|g| describe(g)).collect();
+        r.push("the unit correspondence is weak: the models may have moved far apart".into());
+        r.append(&mut reasons);
+        reasons = r;
+        match data_free {
+            Verdict::Disconnected => Verdict::Disconnected,
+            _ => Verdict::Uncertain,
+        }
+    };
+    Assessment {
+        verdict,
+        data_free,
+        reasons,
+    }
+}
+/// Data-free check of the pairs `(i, j)` of `inputs` in one streaming pass:
+/// diagnostics and verdict per pair.
+pub fn check_pairs(
+    inputs: &[MergeInput],
+    pairs: &[(usize, usize)],
+    th: &Thresholds,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<(Diagnostics, Assessment)>> {
+    let chain = inputs.first().and_then(|i| linear_chain(i.checkpoint));
+    Ok(stream_sums(inputs, pairs, progress)?
+        .into_iter()
+        .map(|s| {
+            let d = diagnose(s, chain.as_deref(), th);
+            let a = assess(&d, None, th);
+            (d, a)
+        })
+        .collect())
+}
