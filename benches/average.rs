@@ -3,13 +3,13 @@
 //! inputs into a few KiB of accumulators at a time), so they measure
 //! compute, not memory bandwidth:
 //!
-//! * `decode/{bf16,f16,f32}`: element bytes → f32 ([`dtype::decode_f32`]);
+//! * `decode/{bf16,f16,f32}`: element bytes → f32 ([`kernels::decode_f32`]);
 //! * `encode/{bf16,f16}`: f32 → element bytes, round to nearest even
-//!   ([`dtype::encode_f32`]);
+//!   ([`kernels::encode_f32`]);
 //! * `accumulate/{bf16,f16,f32}`: the fused decode + `acc += w·x` loop
-//!   ([`dtype::accumulate_f32`]);
+//!   ([`kernels::accumulate_f32`]);
 //! * `divide_encode/bf16/{2,3}`: the fused `acc / Σw` + encode of the last
-//!   step ([`dtype::divide_encode_f32`]; 2 is done as an exact multiply);
+//!   step ([`kernels::divide_encode_f32`]; 2 is done as an exact multiply);
 //! * `average/{2,8}x{bf16,f32}`: a full in-memory chunk average of 2 and 8
 //!   inputs (1 Mi elements each, the streaming chunk size) on the rayon
 //!   pool ([`average::average_slices_f32`]).
@@ -24,6 +24,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use polymerge::average::{self, CHUNK_ELEMS};
 use polymerge::checkpoint::dtype;
+use polymerge::kernels;
 use safetensors::Dtype;
 
 /// Deterministic, finite values of weight-like magnitude.
@@ -42,7 +43,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 
 fn encoded(dt: Dtype, v: &[f32]) -> Vec<u8> {
     let mut b = vec![0u8; v.len() * dtype::size_of(dt)];
-    dtype::encode_f32(dt, v, &mut b);
+    kernels::encode_f32(dt, v, &mut b);
     b
 }
 
@@ -59,7 +60,7 @@ fn kernels(c: &mut Criterion) {
         let bytes = encoded(dt, &v);
         let mut out = vec![0f32; K];
         g.bench_function(name(dt), |b| {
-            b.iter(|| dtype::decode_f32(dt, black_box(&bytes), &mut out))
+            b.iter(|| kernels::decode_f32(dt, black_box(&bytes), &mut out))
         });
     }
     g.finish();
@@ -69,7 +70,7 @@ fn kernels(c: &mut Criterion) {
     for dt in [Dtype::BF16, Dtype::F16] {
         let mut out = vec![0u8; K * dtype::size_of(dt)];
         g.bench_function(name(dt), |b| {
-            b.iter(|| dtype::encode_f32(dt, black_box(&v), &mut out))
+            b.iter(|| kernels::encode_f32(dt, black_box(&v), &mut out))
         });
     }
     g.finish();
@@ -80,7 +81,7 @@ fn kernels(c: &mut Criterion) {
         let bytes = encoded(dt, &v);
         let mut acc = vec![0f32; K];
         g.bench_function(name(dt), |b| {
-            b.iter(|| dtype::accumulate_f32(dt, black_box(&bytes), 0.5, &mut acc, false))
+            b.iter(|| kernels::accumulate_f32(dt, black_box(&bytes), 0.5, &mut acc, false))
         });
     }
     g.finish();
@@ -90,7 +91,7 @@ fn kernels(c: &mut Criterion) {
     for div in [2.0f32, 3.0] {
         let mut out = vec![0u8; K * 2];
         g.bench_function(format!("bf16/{div}"), |b| {
-            b.iter(|| dtype::divide_encode_f32(black_box(&v), div, Dtype::BF16, &mut out))
+            b.iter(|| kernels::divide_encode_f32(black_box(&v), div, Dtype::BF16, &mut out))
         });
     }
     g.finish();

@@ -43,6 +43,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A spec that does not fit one of the checkpoints it is used with.
+    #[error("checking the spec against `{}`", path.display())]
+    SpecCheck {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A saved permutation file that cannot be used.
     #[error("{}: invalid permutation file: {reason}", path.display())]
     Perm { path: PathBuf, reason: String },
@@ -54,6 +62,13 @@ pub enum Error {
     /// An argument combination that cannot work (weights, decay, ...).
     #[error("{0}")]
     Invalid(String),
+
+    /// The basin gate found pairs of inputs in different basins and was
+    /// told to refuse: nothing was written.
+    #[error("refusing to write: {} pair(s) of inputs look disconnected", pairs.len())]
+    BasinRefused {
+        pairs: Vec<crate::pipeline::RefusedPair>,
+    },
 
     /// The output already exists and `--force` was not given, or similar.
     #[error("{}: {reason}", path.display())]

@@ -9,6 +9,8 @@
 //! output). [`evaluate`] measures loss barriers of MLPs on data; [`stats`]
 //! summarises tensors.
 
+#![deny(unsafe_code)]
+
 pub mod alignment;
 pub mod assignment;
 pub mod average;
@@ -17,12 +19,19 @@ pub mod checkpoint;
 pub mod ema;
 pub mod error;
 pub mod evaluate;
+pub mod kernels;
 pub mod observe;
 pub mod permute;
+pub mod pipeline;
 pub mod similarity;
 pub mod spec;
 pub mod stats;
 pub mod write;
+
+// The one module with `unsafe` code: OS calls on maps and descriptors, and
+// the run-time dispatch of the SIMD kernels.
+#[allow(unsafe_code)]
+mod sys;
 
 pub use error::{Error, Result};
 

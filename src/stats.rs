@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorInfo, dtype};
+use crate::kernels;
 
 /// Elements decoded per parallel block.
 const BLOCK: usize = 1 << 16;
@@ -117,7 +118,7 @@ pub fn tensor_stats(ckpt: &Checkpoint, t: &TensorInfo) -> Option<TensorStats> {
         .par_chunks(BLOCK * elem)
         .map_init(Vec::new, |buf: &mut Vec<f64>, chunk| {
             buf.resize(chunk.len() / elem, 0.0);
-            dtype::decode_f64(t.dtype, chunk, buf);
+            kernels::decode_f64(t.dtype, chunk, buf);
             Moments::of_block(buf)
         })
         .reduce(|| Moments::EMPTY, Moments::merge);

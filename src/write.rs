@@ -527,7 +527,7 @@ impl ShardFile {
         self.file.write_all(bytes)?;
         self.written += bytes.len() as u64;
         if self.written - self.flushed >= WRITEBACK_BYTES {
-            crate::checkpoint::start_writeback(&self.file, self.flushed..self.written);
+            crate::sys::mmap::start_writeback(&self.file, self.flushed..self.written);
             self.flushed = self.written;
         }
         Ok(())

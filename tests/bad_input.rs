@@ -192,12 +192,23 @@ fn an_infinite_weight_is_an_error_naming_its_position() {
 }
 
 #[test]
-fn an_unknown_output_dtype_is_an_error_naming_it() {
-    avg_fails(
-        &[a_f32(), fixture("b_f32.safetensors")],
-        &["--dtype", "f8"],
-        &["--dtype", "`f8`"],
-    );
+fn an_unknown_output_dtype_is_a_usage_error_naming_it_before_any_input_is_read() {
+    // `--dtype` is a value enum: clap refuses `f8` (exit 2, a usage error)
+    // before any checkpoint is opened, so even a missing input is not read.
+    let dir = tempfile::tempdir().unwrap();
+    let before = listing(dir.path());
+    let assert = polymerge()
+        .current_dir(dir.path())
+        .arg("avg")
+        .arg(a_f32())
+        .arg("/nonexistent/b.safetensors")
+        .args(["--dtype", "f8", "-o", "out.safetensors"])
+        .assert()
+        .code(2);
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("--dtype") && err.contains("'f8'"), "{err}");
+    assert!(!err.contains("nonexistent"), "{err}");
+    assert_eq!(listing(dir.path()), before);
 }
 
 #[test]

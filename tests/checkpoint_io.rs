@@ -229,15 +229,15 @@ fn an_index_mapping_a_tensor_to_the_wrong_shard_is_refused_naming_both() {
 fn merge(inputs: &[&Checkpoint], out: &std::path::Path) -> average::MergeReport {
     let inputs: Vec<MergeInput> = inputs.iter().map(|c| MergeInput::plain(c)).collect();
     let opts = MergeOptions::uniform(inputs.len());
-    let (planned, _warnings) = average::plan(&inputs, &opts).unwrap();
+    let planned = average::plan(&inputs, &opts).unwrap();
     let writer = CheckpointWriter::create(
         OutputLayout::File(out.to_path_buf()),
-        planned.iter().map(|p| p.plan.clone()).collect(),
+        planned.tensor_plans(),
         BTreeMap::new(),
         false,
     )
     .unwrap();
-    average::run(&inputs, &planned, &opts, writer, &|_| {}).unwrap()
+    average::run(&inputs, &planned, &opts, writer, &(), None).unwrap()
 }
 
 #[test]
@@ -264,7 +264,9 @@ fn sub_byte_f4_and_f6_tensors_are_copied_whole_with_a_warning_instead_of_panicki
     );
     let ckpt = Checkpoint::open(&path).unwrap();
     let inputs = [MergeInput::plain(&ckpt), MergeInput::plain(&ckpt)];
-    let (_, warnings) = average::plan(&inputs, &MergeOptions::uniform(2)).unwrap();
+    let warnings = average::plan(&inputs, &MergeOptions::uniform(2))
+        .unwrap()
+        .warnings;
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains("F4") || warnings[1].contains("F4"));
     for (k, ins) in [vec![&ckpt], vec![&ckpt, &ckpt]].into_iter().enumerate() {
@@ -282,7 +284,10 @@ fn a_merge_plan_follows_the_first_inputs_storage_order_and_dtypes() {
     let inputs = [MergeInput::plain(&b), MergeInput::plain(&a)];
     let mut opts = MergeOptions::uniform(2);
     opts.dtype = Some(Dtype::F32);
-    let (planned, warnings) = average::plan(&inputs, &opts).unwrap();
+    let average::Plan {
+        tensors: planned,
+        warnings,
+    } = average::plan(&inputs, &opts).unwrap();
     assert!(warnings.is_empty());
     let names: Vec<&str> = planned.iter().map(|p| p.plan.name.as_str()).collect();
     let b_names: Vec<&str> = b.tensors().iter().map(|t| t.name.as_str()).collect();

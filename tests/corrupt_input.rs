@@ -263,22 +263,22 @@ fn exercise(bytes: &[u8]) {
     for (k, ins) in pairs.into_iter().enumerate() {
         let inputs: Vec<MergeInput> = ins.iter().map(|c| MergeInput::plain(c)).collect();
         let opts = MergeOptions::uniform(inputs.len());
-        let Ok((planned, _)) = average::plan(&inputs, &opts) else {
+        let Ok(planned) = average::plan(&inputs, &opts) else {
             continue;
         };
         let out = dir.path().join(format!("out{k}.safetensors"));
         let writer = CheckpointWriter::create(
             OutputLayout::File(out.clone()),
-            planned.iter().map(|p| p.plan.clone()).collect(),
+            planned.tensor_plans(),
             BTreeMap::new(),
             false,
         )
         .unwrap();
-        match average::run(&inputs, &planned, &opts, writer, &|_| {}) {
+        match average::run(&inputs, &planned, &opts, writer, &(), None) {
             Ok(_) => {
                 // What polymerge writes, the safetensors crate reads.
                 let f = read_file(&out);
-                assert_eq!(f.tensors.len(), planned.len());
+                assert_eq!(f.tensors.len(), planned.tensors.len());
             }
             Err(_) => assert!(!out.exists(), "a failed merge leaves no output"),
         }

@@ -156,7 +156,8 @@ fn dry_run_prints_the_reference_weights_in_step_order_and_writes_nothing() {
 }
 
 #[test]
-fn ema_without_a_profile_is_refused() {
+fn ema_without_a_profile_is_a_usage_error() {
+    // The profile flags are a clap argument group: none is exit 2.
     let a = polymerge()
         .args([
             "ema",
@@ -164,14 +165,15 @@ fn ema_without_a_profile_is_refused() {
             "fixtures/mlp/traj/checkpoint-40.safetensors",
         ])
         .assert()
-        .code(1);
+        .code(2);
     let err = String::from_utf8(a.get_output().stderr.clone()).unwrap();
-    assert!(err.starts_with("polymerge: error:"), "{err}");
+    assert!(err.starts_with("error:"), "{err}");
+    assert!(err.contains("--decay") && err.contains("--window"), "{err}");
 }
 
 #[test]
-fn two_profiles_at_once_are_refused() {
-    polymerge()
+fn two_profiles_at_once_are_a_usage_error() {
+    let a = polymerge()
         .args([
             "ema",
             "fixtures/mlp/traj/checkpoint-20.safetensors",
@@ -179,7 +181,9 @@ fn two_profiles_at_once_are_refused() {
         ])
         .args(["--decay", "0.9", "--window", "2", "--dry-run"])
         .assert()
-        .code(1);
+        .code(2);
+    let err = String::from_utf8(a.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("cannot be used with"), "{err}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use super::{
     AlignOptions, Mean, Permuted, SplitMix64, WeightSource, model_permutation, weight_matching,
 };
 use crate::error::Result;
-use crate::observe::{Event, Observer, Silent};
+use crate::observe::{Event, Observer, Phase, Silent};
 use crate::permute::{GroupPerms, ModelPermutation};
 use crate::spec::PermutationSpec;
 
@@ -22,8 +22,9 @@ pub struct ManyAlignment {
 
 /// MergeMany: repeatedly match each model to the mean of all the others
 /// (each seen through its current permutation) until a full round changes
-/// no permutation or `max_iter` rounds have run. Each match is reported as
-/// [`Event::MergeManyStep`], the end as [`Event::MergeManyDone`].
+/// no permutation or `max_iter` rounds have run. Reported as the phase
+/// [`Phase::MergeMany`], each match as [`Event::MergeManyStep`], and the
+/// outcome as [`Event::MergeManyDone`].
 pub fn merge_many(
     spec: &PermutationSpec,
     models: &[&dyn WeightSource],
@@ -31,6 +32,10 @@ pub fn merge_many(
     observer: &dyn Observer,
 ) -> Result<ManyAlignment> {
     let start = Instant::now();
+    observer.event(&Event::Started {
+        phase: Phase::MergeMany,
+        total: None,
+    });
     let k = models.len();
     let mut perms = vec![spec.identity(); k];
     let mut rng = SplitMix64(opts.seed);
@@ -76,6 +81,9 @@ pub fn merge_many(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    observer.event(&Event::Finished {
+        phase: Phase::MergeMany,
+    });
     observer.event(&Event::MergeManyDone { rounds, seconds });
     Ok(ManyAlignment {
         perms,

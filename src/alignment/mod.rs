@@ -32,7 +32,7 @@ pub mod step;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::observe::Observer;
+use crate::observe::{Event, Observer, Phase};
 use crate::permute::{GroupPerms, ModelPermutation};
 use crate::spec::PermutationSpec;
 
@@ -81,8 +81,8 @@ pub fn model_permutation(
     spec.model_permutation(&|name: &str| src.shape(name), perms, skip)
 }
 
-/// Weight matching of `b` onto `a`; every group visit is reported to
-/// `observer` ([`crate::observe::Event::GroupVisited`]).
+/// Weight matching of `b` onto `a`, reported to `observer` as the phase
+/// [`Phase::Align`] with every group visit ([`Event::GroupVisited`]).
 ///
 /// When the spec has per-head groups (kinds `qk_dims`, `vo_dims`, `heads`
 /// named `stem.k` with siblings `stem.0`, `stem.1`, … of one size) and no
@@ -112,12 +112,20 @@ pub fn weight_matching_with(
     opts: &AlignOptions,
     observer: &dyn Observer,
 ) -> Result<Alignment> {
-    if opts.init.is_none()
-        && let Some(tied) = heads::tie_siblings(spec)
-    {
-        return heads::tied_then_free(&tied, step, spec, a, b, opts, observer);
-    }
-    descend(step, spec, a, b, opts, observer)
+    observer.event(&Event::Started {
+        phase: Phase::Align,
+        total: None,
+    });
+    let r = match heads::tie_siblings(spec) {
+        Some(tied) if opts.init.is_none() => {
+            heads::tied_then_free(&tied, step, spec, a, b, opts, observer)
+        }
+        _ => descend(step, spec, a, b, opts, observer),
+    };
+    observer.event(&Event::Finished {
+        phase: Phase::Align,
+    });
+    r
 }
 
 /// Algorithm 1: coordinate descent from `opts.init` (or the identity) until

@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use crate::checkpoint::stream::TensorSource;
 use crate::checkpoint::{Checkpoint, dtype};
 use crate::error::Result;
 use crate::permute::{ModelPermutation, permuted};
@@ -45,9 +46,14 @@ impl WeightSource for Checkpoint {
     }
     fn read(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.require(name)?;
-        let v = self.read_f32(t)?;
-        self.release(t, 0..t.nbytes());
-        Ok(v)
+        if !dtype::is_float(t.dtype) {
+            return self.read_f32(t);
+        }
+        let src = TensorSource::plain(self, t);
+        let mut out = Vec::new();
+        src.decode_f32(0..t.numel(), &mut out, &mut Vec::new());
+        src.release(0..t.numel());
+        Ok(out)
     }
     fn float_names(&self) -> Vec<String> {
         self.tensors()
@@ -62,8 +68,7 @@ impl WeightSource for Checkpoint {
             return self.read_f32(t);
         }
         let row: usize = t.shape.iter().skip(1).product();
-        let esize = dtype::size_of(t.dtype);
-        let bytes = self.bytes(t);
+        let src = TensorSource::plain(self, t);
         let mut out = vec![0f32; rows.len() * row];
         // Decode runs of consecutive rows at once, then drop their pages.
         let mut i = 0;
@@ -72,9 +77,9 @@ impl WeightSource for Checkpoint {
             while j < rows.len() && rows[j] == rows[j - 1] + 1 {
                 j += 1;
             }
-            let (b0, b1) = (rows[i] * row * esize, (rows[j - 1] + 1) * row * esize);
-            dtype::decode_f32(t.dtype, &bytes[b0..b1], &mut out[i * row..j * row]);
-            self.release(t, b0..b1);
+            let elems = rows[i] * row..(rows[j - 1] + 1) * row;
+            src.decode_f32_into(elems.clone(), &mut out[i * row..j * row], &mut Vec::new());
+            src.release(elems);
             i = j;
         }
         Ok(out)

@@ -41,8 +41,12 @@ pub use diagnose::{
     Diagnostics, GroupClass, GroupDiagnostics, Summary, TensorClass, TensorDiagnostics, diagnose,
     group_diagnostics, linear_chain,
 };
-pub use sums::{PairSums, stream_sums};
+pub use sums::{PairSums, PairSumsSink, TensorSums, float_bytes, stream_sums};
 pub use verdict::{Assessment, Verdict, assess, check_pairs, shrink_words};
+
+/// Automatic weight matching (`polymerge basin`) runs up to this many float
+/// parameters.
+pub const AUTO_MATCH_MAX_PARAMS: usize = 50_000_000;
 
 /// The thresholds of the verdict. The defaults are calibrated on the labelled
 /// pairs of `docs/basin.md` (`scripts/calibrate_basin.py`).

@@ -1,14 +1,15 @@
 //! The f64 sums of a pair of tensors ([`PairSums`]) and the streaming pass
 //! that computes them for every float tensor of the inputs ([`stream_sums`]).
 
-use half::slice::HalfFloatSliceExt;
+use std::ops::Range;
+
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::average::{CHUNK_ELEMS, MergeInput, SUB_ELEMS};
-use crate::checkpoint::{Checkpoint, TensorInfo, dtype};
+use crate::checkpoint::dtype;
+use crate::checkpoint::stream::{ChunkSink, Chunks, MergeInput, SUB_ELEMS, TensorSource};
 use crate::error::{Error, Result};
-use crate::permute::{TensorPermutation, gather};
+use crate::observe::{Event, Observer, Phase};
 
 /// Independent f64 accumulators in [`PairSums::of`]: 8 lanes fill two AVX2
 /// (or one AVX-512) f64 vector per sum.
@@ -130,51 +131,117 @@ impl PairSums {
     }
 }
 
-/// One input's view of a tensor in the streaming pass.
-struct View<'a> {
-    ckpt: &'a Checkpoint,
-    info: &'a TensorInfo,
-    bytes: &'a [u8],
-    elem: usize,
-    perm: Option<&'a TensorPermutation>,
+/// The sums of one pair for every tensor of a pass: `(name, shape, sums)`.
+pub type TensorSums = Vec<(String, Vec<usize>, PairSums)>;
+
+/// Accumulates the [`PairSums`] of pairs `(i, j)` of a pass's sources,
+/// chunk by chunk: a [`ChunkSink`], so the sums can be taken from any pass
+/// (the basin check's own, or the merge's).
+///
+/// Each chunk is split into work items of [`SUB_ELEMS`] elements (chunks are
+/// whole multiples of it) whose sums are added in order, so the result does
+/// not depend on the chunk size of the pass.
+pub struct PairSumsSink {
+    pairs: Vec<(usize, usize)>,
+    /// Sources the pairs use, sorted.
+    used: Vec<usize>,
+    tensor: Option<(String, Vec<usize>)>,
+    current: Vec<PairSums>,
+    out: Vec<TensorSums>,
 }
 
-impl View<'_> {
-    /// Decodes elements `range` (of the permuted tensor) into f32.
-    fn decode(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>, scratch: &mut Vec<u8>) {
-        out.resize(range.len(), 0.0);
-        let bytes = match self.perm {
-            None => &self.bytes[range.start * self.elem..range.end * self.elem],
-            Some(p) => {
-                scratch.resize(range.len() * self.elem, 0);
-                gather(self.bytes, &self.info.shape, self.elem, p, range, scratch);
-                scratch
-            }
-        };
-        // Half floats: the slice conversion uses the CPU's F16C instructions
-        // when present (several times faster than element by element).
-        if self.info.dtype == safetensors::Dtype::F16
-            && let Ok(h) = bytemuck::try_cast_slice::<u8, half::f16>(bytes)
-        {
-            h.convert_to_f32_slice(out);
-            return;
+impl PairSumsSink {
+    /// Sums for `pairs` of source indices.
+    pub fn new(pairs: &[(usize, usize)]) -> Self {
+        let mut used: Vec<usize> = pairs.iter().flat_map(|&(i, j)| [i, j]).collect();
+        used.sort_unstable();
+        used.dedup();
+        Self {
+            pairs: pairs.to_vec(),
+            used,
+            tensor: None,
+            current: vec![PairSums::default(); pairs.len()],
+            out: vec![Vec::new(); pairs.len()],
         }
-        dtype::decode_f32(self.info.dtype, bytes, out);
     }
+
+    /// The sums of every tensor, one list per pair.
+    pub fn into_sums(self) -> Vec<TensorSums> {
+        self.out
+    }
+}
+
+impl ChunkSink for PairSumsSink {
+    fn begin(&mut self, name: &str, shape: &[usize]) {
+        self.tensor = Some((name.to_string(), shape.to_vec()));
+        self.current = vec![PairSums::default(); self.pairs.len()];
+    }
+
+    fn chunk(&mut self, sources: &[TensorSource<'_>], range: Range<usize>) {
+        let slot = |i: usize| self.used.iter().position(|&u| u == i).expect("used input");
+        let subs: Vec<Range<usize>> = range
+            .clone()
+            .step_by(SUB_ELEMS)
+            .map(|s| s..(s + SUB_ELEMS).min(range.end))
+            .collect();
+        let parts: Vec<Vec<PairSums>> = subs
+            .into_par_iter()
+            .map(|r| {
+                let mut scratch = Vec::new();
+                let vals: Vec<Vec<f32>> = self
+                    .used
+                    .iter()
+                    .map(|&i| {
+                        let mut o = Vec::new();
+                        sources[i].decode_f32(r.clone(), &mut o, &mut scratch);
+                        o
+                    })
+                    .collect();
+                self.pairs
+                    .iter()
+                    .map(|&(i, j)| PairSums::of(&vals[slot(i)], &vals[slot(j)]))
+                    .collect()
+            })
+            .collect();
+        for part in &parts {
+            for (s, p) in self.current.iter_mut().zip(part) {
+                s.add(p);
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        let (name, shape) = self.tensor.take().expect("a tensor was begun");
+        for (o, s) in self.out.iter_mut().zip(&self.current) {
+            o.push((name.clone(), shape.clone(), *s));
+        }
+    }
+}
+
+/// Bytes of float tensor data a pass over the inputs of `pairs` reads.
+pub fn float_bytes(inputs: &[MergeInput], pairs: &[(usize, usize)]) -> u64 {
+    let mut used: Vec<usize> = pairs.iter().flat_map(|&(i, j)| [i, j]).collect();
+    used.sort_unstable();
+    used.dedup();
+    used.iter()
+        .filter_map(|&i| inputs.get(i))
+        .flat_map(|inp| inp.checkpoint.tensors())
+        .filter(|t| dtype::is_float(t.dtype))
+        .map(|t| t.nbytes() as u64)
+        .sum()
 }
 
 /// One streaming pass over `inputs` computing, for every float tensor of the
 /// first input and every pair `(i, j)` in `pairs`, the sums of
 /// [`PairSums`]. Each input taking part is read once, chunk by chunk, seen
 /// through its permutation if it has one; pages are released as they are
-/// consumed. `progress` receives the bytes read so far. Tensors must exist
-/// with equal shapes in every input (checked).
-#[allow(clippy::type_complexity)]
+/// consumed. Progress ([`Phase::Basin`], bytes read) goes to `observer`.
+/// Tensors must exist with equal shapes in every input (checked).
 pub fn stream_sums(
     inputs: &[MergeInput],
     pairs: &[(usize, usize)],
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Vec<Vec<(String, Vec<usize>, PairSums)>>> {
+    observer: &dyn Observer,
+) -> Result<Vec<TensorSums>> {
     let first = inputs
         .first()
         .ok_or_else(|| Error::Invalid("no inputs to check".into()))?
@@ -185,11 +252,18 @@ pub fn stream_sums(
     if let Some(&bad) = used.iter().find(|&&i| i >= inputs.len()) {
         return Err(Error::Invalid(format!("no input {bad} to check")));
     }
+    // The pass streams only the inputs the pairs use: pairs over their slots.
     let slot = |i: usize| used.iter().position(|&u| u == i).expect("used input");
-    let mut out: Vec<Vec<(String, Vec<usize>, PairSums)>> = vec![Vec::new(); pairs.len()];
+    let local: Vec<(usize, usize)> = pairs.iter().map(|&(i, j)| (slot(i), slot(j))).collect();
+    let mut sink = PairSumsSink::new(&local);
+    let phase = Phase::Basin;
+    observer.event(&Event::Started {
+        phase,
+        total: Some(float_bytes(inputs, pairs)),
+    });
     let mut done = 0u64;
     for t in first.tensors().iter().filter(|t| dtype::is_float(t.dtype)) {
-        let views: Vec<View> = used
+        let views: Vec<TensorSource> = used
             .iter()
             .map(|&i| {
                 let inp = &inputs[i];
@@ -206,61 +280,20 @@ pub fn stream_sums(
                         inp.checkpoint.source().display()
                     )));
                 }
-                Ok(View {
-                    ckpt: inp.checkpoint,
-                    info,
-                    bytes: inp.checkpoint.bytes(info),
-                    elem: dtype::size_of(info.dtype),
-                    perm: inp.permutation.and_then(|p| p.get(&t.name)),
-                })
+                inp.source(&t.name)
             })
             .collect::<Result<_>>()?;
-        let numel = t.numel();
-        let mut sums = vec![PairSums::default(); pairs.len()];
-        let mut offset = 0;
-        while offset < numel {
-            let n = CHUNK_ELEMS.min(numel - offset);
-            let subs: Vec<std::ops::Range<usize>> = (offset..offset + n)
-                .step_by(SUB_ELEMS)
-                .map(|s| s..(s + SUB_ELEMS).min(offset + n))
-                .collect();
-            let parts: Vec<Vec<PairSums>> = subs
-                .into_par_iter()
-                .map(|r| {
-                    let mut scratch = Vec::new();
-                    let vals: Vec<Vec<f32>> = views
-                        .iter()
-                        .map(|v| {
-                            let mut o = Vec::new();
-                            v.decode(r.clone(), &mut o, &mut scratch);
-                            o
-                        })
-                        .collect();
-                    pairs
-                        .iter()
-                        .map(|&(i, j)| PairSums::of(&vals[slot(i)], &vals[slot(j)]))
-                        .collect()
-                })
-                .collect();
-            for part in &parts {
-                for (s, p) in sums.iter_mut().zip(part) {
-                    s.add(p);
-                }
-            }
-            for v in views.iter().filter(|v| v.perm.is_none()) {
-                v.ckpt
-                    .release(v.info, offset * v.elem..(offset + n) * v.elem);
-            }
-            done += views.iter().map(|v| (n * v.elem) as u64).sum::<u64>();
-            progress(done);
-            offset += n;
+        sink.begin(&t.name, &t.shape);
+        for range in Chunks::new(&views, t.numel()) {
+            sink.chunk(&views, range.clone());
+            done += views
+                .iter()
+                .map(|v| (range.len() * v.elem()) as u64)
+                .sum::<u64>();
+            observer.event(&Event::Progress { phase, done });
         }
-        for v in views.iter().filter(|v| v.perm.is_some()) {
-            v.ckpt.release(v.info, 0..v.info.nbytes());
-        }
-        for (o, s) in out.iter_mut().zip(sums) {
-            o.push((t.name.clone(), t.shape.clone(), s));
-        }
+        sink.end();
     }
-    Ok(out)
+    observer.event(&Event::Finished { phase });
+    Ok(sink.into_sums())
 }

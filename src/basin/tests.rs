@@ -88,7 +88,7 @@ fn the_streaming_pass_matches_whole_tensor_sums_for_every_float_dtype() {
         let got = stream_sums(
             &[MergeInput::plain(&a), MergeInput::plain(&b)],
             &[(0, 1)],
-            &|_| {},
+            &(),
         )
         .unwrap()
         .remove(0);

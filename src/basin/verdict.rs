@@ -10,6 +10,7 @@ use super::{
 use super::{diagnose, linear_chain, stream_sums};
 use crate::average::MergeInput;
 use crate::error::Result;
+use crate::observe::Observer;
 
 /// The verdict of a basin check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -222,10 +223,10 @@ pub fn check_pairs(
     inputs: &[MergeInput],
     pairs: &[(usize, usize)],
     th: &Thresholds,
-    progress: &(dyn Fn(u64) + Sync),
+    observer: &dyn Observer,
 ) -> Result<Vec<(Diagnostics, Assessment)>> {
     let chain = inputs.first().and_then(|i| linear_chain(i.checkpoint));
-    Ok(stream_sums(inputs, pairs, progress)?
+    Ok(stream_sums(inputs, pairs, observer)?
         .into_iter()
         .map(|s| {
             let d = diagnose(s, chain.as_deref(), th);

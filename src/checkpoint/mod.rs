@@ -10,7 +10,6 @@
 //! mapping.
 
 pub mod dtype;
-mod mmap;
 pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,8 +19,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use mmap::MappedFile;
-pub(crate) use mmap::start_writeback;
+use crate::sys::mmap::MappedFile;
 
 /// Name of the single-file weights in a Hugging Face model directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -305,7 +303,7 @@ impl Checkpoint {
     }
 
     /// Drops the pages of bytes `range` (relative to the tensor's data) of `t`
-    /// from the resident set; see [`mmap::MappedFile::release`].
+    /// from the resident set (whole pages inside the range only).
     pub fn release(&self, t: &TensorInfo, range: std::ops::Range<usize>) {
         self.shards[t.shard].release(t.start + range.start..t.start + range.end);
     }
@@ -330,7 +328,7 @@ impl Checkpoint {
             ));
         }
         let mut out = vec![0f32; t.numel()];
-        dtype::decode_f32(t.dtype, self.bytes(t), &mut out);
+        crate::kernels::decode_f32(t.dtype, self.bytes(t), &mut out);
         Ok(out)
     }
 

@@ -1,45 +1,20 @@
-//! `polymerge spec`, `align`, `permute`, and the alignment half of
-//! `avg --align`.
+//! `polymerge spec`, `align`, `permute` and `barrier`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
-use polymerge::alignment::{self, AlignOptions, Alignment, WeightSource};
+use polymerge::alignment::{self, Permuted};
 use polymerge::average::{self, MergeInput, MergeOptions};
 use polymerge::checkpoint::Checkpoint;
-use polymerge::observe::{Event, Observer};
 use polymerge::permute::{GroupPerms, ModelPermutation};
-use polymerge::spec::{self, PERM_FORMAT, PermFile, PermutationSpec};
+use polymerge::pipeline::{Align, BasinGate, Merge, Output, match_pair};
+use polymerge::spec::{self, PERM_FORMAT, PermFile, PermutationSpec, SpecSource};
 use serde_json::json;
 
-use super::args::{AlignArgs, BarrierArgs, MatchArgs, PermuteArgs, SpecArgs};
-use super::avg::{merge, summarize};
-use super::output::warn;
-
-/// The spec to use: `--spec FILE` or inferred from `ckpt`, reduced to
-/// `--groups`, and validated against every checkpoint.
-pub fn resolve_spec(
-    spec_path: Option<&Path>,
-    groups: Option<&[String]>,
-    ckpts: &[&Checkpoint],
-) -> anyhow::Result<PermutationSpec> {
-    let mut spec = match spec_path {
-        Some(p) => PermutationSpec::load(p)?,
-        None => spec::infer::infer(ckpts[0])?,
-    };
-    if let Some(g) = groups {
-        spec.select(g)?;
-    }
-    for c in ckpts {
-        spec.validate(c)
-            .with_context(|| format!("checking the spec against `{}`", c.source().display()))?;
-    }
-    Ok(spec)
-}
+use super::args::{AlignArgs, BarrierArgs, PermuteArgs, SpecArgs};
+use super::console::{Console, print_alignment};
+use super::output::{summarize, warn, warn_nonfinite};
 
 /// Opens two checkpoints that must hold the same tensors with the same
 /// shapes (else an error naming the difference).
@@ -55,7 +30,7 @@ pub fn open_pair(a: &Path, b: &Path) -> anyhow::Result<(Checkpoint, Checkpoint)>
 
 pub fn spec(a: SpecArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&a.path)?;
-    let spec = resolve_spec(None, a.groups.as_deref(), &[&ckpt])?;
+    let spec = spec::resolve(&SpecSource::Infer, a.groups.as_deref(), &[&ckpt])?;
     for n in &spec.notes {
         warn(n);
     }
@@ -63,81 +38,17 @@ pub fn spec(a: SpecArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spinner(quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new_spinner();
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
-    );
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
-}
-
-/// Shows weight-matching steps as the spinner's message.
-struct SpinnerText<'a>(&'a ProgressBar);
-
-impl Observer for SpinnerText<'_> {
-    fn event(&self, event: &Event<'_>) {
-        match *event {
-            Event::GroupVisited {
-                sweep,
-                group,
-                units,
-                score_before,
-                score_after,
-            } => self.0.set_message(format!(
-                "sweep {sweep} group {group} ({units} units): {score_before:.6e} -> {score_after:.6e}"
-            )),
-            Event::MergeManyStep {
-                round,
-                model,
-                objective,
-            } => self.0.set_message(format!(
-                "round {round} model {}: objective {objective:.6e}",
-                model + 1
-            )),
-            _ => {}
-        }
-    }
-}
-
-/// Runs weight matching of `b` onto `a` with the user's options.
-pub fn match_pair(
-    spec: &PermutationSpec,
-    a: &Checkpoint,
-    b: &Checkpoint,
-    m: &MatchArgs,
-    init: Option<GroupPerms>,
-    quiet: bool,
-) -> anyhow::Result<Alignment> {
-    let opts = AlignOptions {
-        seed: m.seed,
-        max_iter: m.max_iter,
-        init,
-    };
-    let pb = spinner(quiet);
-    let r = alignment::weight_matching(spec, a, b, &opts, &SpinnerText(&pb));
-    pb.finish_and_clear();
-    Ok(r?)
-}
-
 pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
-    polymerge::write::refuse_existing(&a.out.output, a.out.force)?;
+    let output = a.out.output();
+    output.refuse_existing()?;
     let (ca, cb) = open_pair(&a.a, &a.b)?;
-    let spec = resolve_spec(
-        a.matching.spec.as_deref(),
-        a.matching.groups.as_deref(),
-        &[&ca, &cb],
-    )?;
-    let init = match &a.init_perm {
-        Some(p) => Some(PermFile::load(p)?.perms_for(&spec, p)?),
-        None => None,
-    };
-    let quiet = a.out.quiet || a.out.json;
-    let r = match_pair(&spec, &ca, &cb, &a.matching, init, quiet)?;
-    let perm = alignment::model_permutation(&spec, &cb, &r.perms, None)?;
+    let mut m = a.matching.options();
+    let spec = m.resolve_spec(&[&ca, &cb])?;
+    if let Some(p) = &a.init_perm {
+        m.align.init = Some(PermFile::load(p)?.perms_for(&spec, p)?);
+    }
+    let console = Console::new(a.out.quiet(), "writing");
+    let (r, perm) = match_pair(&spec, &ca, &cb, &m.align, &console)?;
     let description = json!({
         "command": "align",
         "version": polymerge::VERSION,
@@ -146,7 +57,7 @@ pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
         "objective_before": r.objective_before,
         "objective_after": r.objective_after,
     });
-    let report = write_permuted(&cb, &perm, &a.out, description)?;
+    let report = write_permuted(&cb, perm, &output, description, &console)?;
     if let Some(p) = &a.save_perm {
         save_perm(p, &spec, &r.perms)?;
     }
@@ -170,66 +81,21 @@ pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Human report of an alignment on stderr.
-pub fn print_alignment(r: &Alignment) {
-    let width = r
-        .groups
-        .iter()
-        .map(|g| g.name.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    eprintln!(
-        "{:<width$}  {:>6}  {:>13}  {:>13}  {:>7}  {:>6}",
-        "group", "units", "score before", "score after", "churn", "time"
-    );
-    for g in &r.groups {
-        eprintln!(
-            "{:<width$}  {:>6}  {:>13.6e}  {:>13.6e}  {:>6.1}%  {:>5.2}s",
-            g.name,
-            g.size,
-            g.score_before,
-            g.score_after,
-            g.churn * 100.0,
-            g.seconds_similarity + g.seconds_assignment
-        );
-    }
-    let gain = if r.objective_before != 0.0 {
-        (r.objective_after - r.objective_before) / r.objective_before.abs() * 100.0
-    } else {
-        0.0
-    };
-    eprintln!(
-        "objective {:.6e} -> {:.6e} ({gain:+.2}%), {} sweep(s){}, {:.2} s",
-        r.objective_before,
-        r.objective_after,
-        r.sweeps,
-        if r.converged {
-            ""
-        } else {
-            " (not converged: raise --max-iter)"
-        },
-        r.seconds
-    );
-}
-
+/// Writes `ckpt` seen through `perm` (byte for byte otherwise).
 fn write_permuted(
     ckpt: &Checkpoint,
-    perm: &ModelPermutation,
-    out: &super::args::OutputArgs,
+    perm: ModelPermutation,
+    output: &Output,
     description: serde_json::Value,
+    console: &Console,
 ) -> anyhow::Result<average::MergeReport> {
-    let input = MergeInput {
-        checkpoint: ckpt,
-        permutation: Some(perm),
-    };
-    merge(
-        &[input],
-        &MergeOptions::uniform(1),
-        out,
-        description,
-        "writing",
-    )
+    let report = Merge::new([ckpt])
+        .align(Align::Given(vec![Some(perm)]))
+        .basin_gate(BasinGate::Off)
+        .description(description)
+        .run(output, console)?;
+    warn_nonfinite(&report.nonfinite);
+    Ok(report)
 }
 
 fn save_perm(path: &Path, spec: &PermutationSpec, perms: &GroupPerms) -> anyhow::Result<()> {
@@ -251,6 +117,7 @@ fn save_perm(path: &Path, spec: &PermutationSpec, perms: &GroupPerms) -> anyhow:
 }
 
 pub fn permute(a: PermuteArgs) -> anyhow::Result<ExitCode> {
+    let output = a.out.output();
     let ckpt = Checkpoint::open(&a.input)?;
     let file = PermFile::load(&a.perm)?;
     let spec = match (&a.spec, &file.spec) {
@@ -267,58 +134,10 @@ pub fn permute(a: PermuteArgs) -> anyhow::Result<ExitCode> {
         "input": a.input.display().to_string(),
         "perm": a.perm.display().to_string(),
     });
-    let report = write_permuted(&ckpt, &perm, &a.out, description)?;
+    let console = Console::new(a.out.quiet(), "writing");
+    let report = write_permuted(&ckpt, perm, &output, description, &console)?;
     summarize("permuted", &a.out, &report, 1);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Permutations that bring every input into a common unit order for
-/// `avg --align`: pairwise to the first input, or MergeMany.
-pub fn align_inputs(
-    ckpts: &[Checkpoint],
-    mode: super::args::AlignMode,
-    m: &MatchArgs,
-    quiet: bool,
-) -> anyhow::Result<Vec<Option<ModelPermutation>>> {
-    let refs: Vec<&Checkpoint> = ckpts.iter().collect();
-    let spec = resolve_spec(m.spec.as_deref(), m.groups.as_deref(), &refs)?;
-    match mode {
-        super::args::AlignMode::Pairwise => {
-            let mut out = vec![None];
-            for (i, c) in ckpts.iter().enumerate().skip(1) {
-                let r = match_pair(&spec, &ckpts[0], c, m, None, quiet)?;
-                if !quiet {
-                    eprintln!("aligned input {} to input 1:", i + 1);
-                    print_alignment(&r);
-                }
-                out.push(Some(alignment::model_permutation(
-                    &spec, c, &r.perms, None,
-                )?));
-            }
-            Ok(out)
-        }
-        super::args::AlignMode::Many => {
-            let sources: Vec<&dyn WeightSource> =
-                ckpts.iter().map(|c| c as &dyn WeightSource).collect();
-            let opts = AlignOptions {
-                seed: m.seed,
-                max_iter: m.max_iter,
-                init: None,
-            };
-            let pb = spinner(quiet);
-            let r = alignment::merge_many(&spec, &sources, &opts, &SpinnerText(&pb));
-            pb.finish_and_clear();
-            let r = r?;
-            if !quiet {
-                eprintln!("MergeMany: {} round(s), {:.2} s", r.rounds, r.seconds);
-            }
-            r.perms
-                .iter()
-                .zip(ckpts)
-                .map(|(p, c)| Ok(Some(alignment::model_permutation(&spec, c, p, None)?)))
-                .collect()
-        }
-    }
 }
 
 pub fn barrier(a: BarrierArgs) -> anyhow::Result<ExitCode> {
@@ -326,19 +145,15 @@ pub fn barrier(a: BarrierArgs) -> anyhow::Result<ExitCode> {
     let data = polymerge::evaluate::Dataset::load(&a.data)?;
     let mut aligned = None;
     let perm = if a.align {
-        let spec = resolve_spec(
-            a.matching.spec.as_deref(),
-            a.matching.groups.as_deref(),
-            &[&ca, &cb],
-        )?;
-        let r = match_pair(&spec, &ca, &cb, &a.matching, None, a.json)?;
-        let p = alignment::model_permutation(&spec, &cb, &r.perms, None)?;
+        let m = a.matching.options();
+        let spec = m.resolve_spec(&[&ca, &cb])?;
+        let (r, p) = match_pair(&spec, &ca, &cb, &m.align, &Console::new(a.json, ""))?;
         aligned = Some(r);
         p
     } else {
         ModelPermutation::default()
     };
-    let b = alignment::Permuted {
+    let b = Permuted {
         source: &cb,
         perm: &perm,
     };

@@ -1,9 +1,15 @@
-//! Argument definitions (clap derive). Only shapes and parsing live here;
-//! semantic validation happens in each command and in the library.
+//! Argument definitions (clap derive), typed: every flag is parsed and
+//! validated here, by clap, before any checkpoint is read — dtypes and
+//! accumulation are value enums, sizes and step lists have value parsers,
+//! the EMA profile is an argument group (exactly one profile flag), and
+//! values out of range are usage errors (exit 2). [`super::config`] turns
+//! the result into the library's configuration.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use super::config::{parse_size, parse_step_list};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,7 +70,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  polymerge basin a.safetensors b.safetensors\n  polymerge basin a.safetensors b.safetensors --align --json\n\nExit codes: 0 connected, 3 disconnected, 4 uncertain (1 error, 2 usage). See docs/basin.md."
     )]
-    Basin(super::basin::BasinArgs),
+    Basin(BasinArgs),
 }
 
 #[derive(Args, Debug)]
@@ -72,42 +78,26 @@ pub struct EmaArgs {
     /// Checkpoints of one trajectory (any order; sorted by step).
     #[arg(required = true, num_args = 1..)]
     pub inputs: Vec<PathBuf>,
-    /// EMA decay per training step (beta).
-    #[arg(long)]
-    pub decay: Option<f64>,
-    /// EMA half-life in training steps.
-    #[arg(long)]
-    pub half_life: Option<f64>,
-    /// Soft-update rate tau = 1 - beta (RL naming).
-    #[arg(long)]
-    pub tau: Option<f64>,
-    /// Power-function EMA exponent gamma (Karras et al. 2024, EDM2).
-    #[arg(long)]
-    pub power: Option<f64>,
-    /// Power-function EMA by relative width sigma_rel (EDM2).
-    #[arg(long)]
-    pub sigma_rel: Option<f64>,
-    /// Uniform mean of the last K checkpoints (LAWA / SWA style).
-    #[arg(long)]
-    pub window: Option<usize>,
+    #[command(flatten)]
+    pub profile: ProfileArgs,
     /// Decay warm-up schedule: rational ((1+t)/(10+t)) or inv-gamma (1-(1+t/g)^-p).
-    #[arg(long)]
-    pub warmup: Option<String>,
+    #[arg(long, value_enum, ignore_case = true)]
+    pub warmup: Option<WarmupKind>,
     /// inv_gamma of the inv-gamma warm-up (default 1).
-    #[arg(long)]
+    #[arg(long, requires = "warmup", value_parser = positive)]
     pub warmup_inv_gamma: Option<f64>,
     /// power of the inv-gamma warm-up (default 2/3).
-    #[arg(long)]
+    #[arg(long, requires = "warmup", value_parser = positive)]
     pub warmup_power: Option<f64>,
     /// Training step of each input, comma-separated, in the order given.
-    #[arg(long)]
-    pub steps: Option<String>,
+    #[arg(long, value_parser = parse_step_list)]
+    pub steps: Option<StepList>,
     /// Accumulation precision: f32 (default) or f64 (very long trajectories).
-    #[arg(long, default_value = "f32")]
-    pub accum: String,
+    #[arg(long, value_enum, default_value = "f32", ignore_case = true)]
+    pub accum: AccumKind,
     /// Output dtype for float tensors: f32, f16, bf16 (default: first input's).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[arg(long, value_enum, ignore_case = true)]
+    pub dtype: Option<FloatDtype>,
     /// Print every checkpoint's step and effective weight (stderr; in the JSON with --json).
     #[arg(long)]
     pub print_weights: bool,
@@ -123,9 +113,85 @@ pub struct EmaArgs {
     #[command(flatten)]
     pub matching: MatchArgs,
     #[command(flatten)]
-    pub basin: super::basin::CheckArgs,
+    pub basin: CheckArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+/// The EMA profile: exactly one of these flags (an argument group, so
+/// none or two are usage errors). Each value is checked by the
+/// constructor of the library's profile, so an out-of-range value is a
+/// usage error too.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("profile").required(true).multiple(false)))]
+pub struct ProfileArgs {
+    /// EMA decay per training step (beta).
+    #[arg(long, group = "profile", value_parser = super::config::decay_arg)]
+    pub decay: Option<f64>,
+    /// EMA half-life in training steps.
+    #[arg(long, group = "profile", value_parser = super::config::half_life_arg)]
+    pub half_life: Option<f64>,
+    /// Soft-update rate tau = 1 - beta (RL naming).
+    #[arg(long, group = "profile", value_parser = super::config::tau_arg)]
+    pub tau: Option<f64>,
+    /// Power-function EMA exponent gamma (Karras et al. 2024, EDM2).
+    #[arg(long, group = "profile", value_parser = super::config::power_arg)]
+    pub power: Option<f64>,
+    /// Power-function EMA by relative width sigma_rel (EDM2).
+    #[arg(long, group = "profile", value_parser = super::config::sigma_rel_arg)]
+    pub sigma_rel: Option<f64>,
+    /// Uniform mean of the last K checkpoints (LAWA / SWA style).
+    #[arg(long, group = "profile", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub window: Option<usize>,
+}
+
+/// The warm-up schedules of `--warmup`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarmupKind {
+    /// (1+t)/(10+t) (TensorFlow, older diffusers).
+    #[value(alias = "tf")]
+    Rational,
+    /// 1-(1+t/inv_gamma)^-power (diffusers, timm).
+    #[value(alias = "inv_gamma", alias = "diffusers")]
+    InvGamma,
+}
+
+/// Output dtypes of float tensors.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatDtype {
+    #[value(alias = "float32", alias = "float")]
+    F32,
+    #[value(alias = "float16", alias = "half")]
+    F16,
+    #[value(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float64", alias = "double")]
+    F64,
+}
+
+/// Accumulation precision of `--accum`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccumKind {
+    /// f32 for F32/F16/BF16 tensors, f64 for F64 ones.
+    F32,
+    /// f64 for every float tensor.
+    F64,
+}
+
+/// A parsed `--steps` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepList(pub Vec<u64>);
+
+/// A parsed size (`--max-shard-size`), in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a positive number, got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -135,8 +201,8 @@ pub struct BarrierArgs {
     /// Data file: safetensors with `x` [N, D] and `y` [N].
     #[arg(long)]
     pub data: PathBuf,
-    /// Points on the path, including both ends.
-    #[arg(long, default_value_t = 11)]
+    /// Points on the path, including both ends (at least 2).
+    #[arg(long, default_value_t = 11, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
     pub steps: usize,
     /// Align B to A (weight matching) before interpolating.
     #[arg(long)]
@@ -237,8 +303,8 @@ pub struct OutputArgs {
     #[arg(long)]
     pub force: bool,
     /// Largest shard of a directory output, e.g. 5GB, 500MB, 2GiB or bytes.
-    #[arg(long, default_value = "5GB")]
-    pub max_shard_size: String,
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub max_shard_size: ByteSize,
     /// Print a JSON summary on stdout instead of the human one.
     #[arg(long)]
     pub json: bool,
@@ -256,8 +322,8 @@ pub struct AvgArgs {
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub weights: Option<Vec<f64>>,
     /// Output dtype for float tensors: f32, f16, bf16 (default: first input's).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[arg(long, value_enum, ignore_case = true)]
+    pub dtype: Option<FloatDtype>,
     /// Make NaN/Inf values in the inputs an error instead of a warning.
     #[arg(long)]
     pub strict: bool,
@@ -267,7 +333,48 @@ pub struct AvgArgs {
     #[command(flatten)]
     pub matching: MatchArgs,
     #[command(flatten)]
-    pub basin: super::basin::CheckArgs,
+    pub basin: CheckArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+/// When `basin` runs weight matching.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matching {
+    /// When a spec is given or can be inferred and the model has at most 50M float parameters.
+    Auto,
+    /// Always (fails without a spec).
+    Always,
+    /// Never: data-free diagnostics only.
+    Never,
+}
+
+#[derive(Args, Debug)]
+pub struct BasinArgs {
+    /// The reference checkpoint.
+    pub a: PathBuf,
+    /// The checkpoint to compare with A.
+    pub b: PathBuf,
+    /// Align B to A by weight matching first, and judge the aligned pair (what `avg --align` would average).
+    #[arg(long)]
+    pub align: bool,
+    /// Weight matching for the per-group gain/churn diagnostics.
+    #[arg(long = "matching", value_enum, default_value = "auto")]
+    pub mode: Matching,
+    #[command(flatten)]
+    pub matching: MatchArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The basin check options of `avg` and `ema`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CheckArgs {
+    /// Refuse to write (exit 3) when the inputs look disconnected (different basins).
+    #[arg(long)]
+    pub strict_basin: bool,
+    /// Skip the basin check (one streaming pass over the inputs).
+    #[arg(long, conflicts_with = "strict_basin")]
+    pub no_basin_check: bool,
 }

@@ -2,54 +2,29 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use polymerge::average::{Accumulation, MergeInput, MergeOptions};
-use polymerge::checkpoint::{Checkpoint, dtype};
-use polymerge::ema::{self, ProfileOptions, Warmup};
+use polymerge::checkpoint::Checkpoint;
+use polymerge::ema;
+use polymerge::pipeline::{Align, Merge};
 use serde_json::json;
 
-use super::args::{AlignMode, EmaArgs};
-use super::avg::{merge, summarize};
-use super::output::warn;
+use super::args::EmaArgs;
+use super::avg::gate_of;
+use super::console::{Console, GateText, refusal};
+use super::output::{summarize, warn, warn_nonfinite};
 
 pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
-    let warmup = match &a.warmup {
-        Some(name) => Some(Warmup::parse(name, a.warmup_inv_gamma, a.warmup_power)?),
-        None => {
-            anyhow::ensure!(
-                a.warmup_inv_gamma.is_none() && a.warmup_power.is_none(),
-                "--warmup-inv-gamma and --warmup-power need --warmup inv-gamma"
-            );
-            None
-        }
-    };
-    let profile = ProfileOptions {
-        decay: a.decay,
-        half_life: a.half_life,
-        tau: a.tau,
-        power: a.power,
-        sigma_rel: a.sigma_rel,
-        window: a.window,
-        warmup,
-    }
-    .to_profile()?;
-    let accumulation = match a.accum.as_str() {
-        "f32" => Accumulation::Auto,
-        "f64" => Accumulation::F64,
-        other => anyhow::bail!("unknown --accum `{other}` (use f32 or f64)"),
-    };
+    let profile = a.ema_profile().unwrap_or_else(|e| e.exit());
+    let output = a.out.output();
     if !a.dry_run {
-        polymerge::write::refuse_existing(&a.out.output, a.out.force)?;
+        output.refuse_existing()?;
     }
-    let explicit = a.steps.as_deref().map(ema::parse_steps).transpose()?;
+    let explicit = a.steps.as_ref().map(|s| s.0.as_slice());
     let ckpts: Vec<Checkpoint> = a
         .inputs
         .iter()
         .map(Checkpoint::open)
         .collect::<Result<_, _>>()?;
-    let order = ema::resolve_steps(&a.inputs, explicit.as_deref(), |i| {
-        Ok(ckpts[i].metadata().clone())
-    })?;
+    let order = ema::resolve_steps(&a.inputs, explicit, |i| Ok(ckpts[i].metadata().clone()))?;
     let steps: Vec<u64> = order.iter().map(|s| s.step).collect();
     let weights = ema::weights(&profile, &steps)?;
     for w in ema::warnings(&profile, &steps, &weights) {
@@ -81,57 +56,51 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // Inputs with zero weight contribute nothing: leave them out of the pass.
-    let (used, used_w): (Vec<&Checkpoint>, Vec<f64>) = order
+    let used: Vec<(&ema::StepInfo, f64)> = order
         .iter()
         .zip(&weights)
         .filter(|(_, w)| **w > 0.0)
-        .map(|(s, w)| (&ckpts[s.index], *w))
-        .unzip();
+        .map(|(s, w)| (s, *w))
+        .collect();
     anyhow::ensure!(!used.is_empty(), "every checkpoint has zero weight");
-    let mut opts = MergeOptions::uniform(used.len());
-    opts.weights = used_w;
-    opts.accumulation = accumulation;
-    opts.strict_nonfinite = a.strict;
-    if let Some(d) = &a.dtype {
-        opts.dtype = Some(
-            dtype::parse_float(d)
-                .with_context(|| format!("unknown --dtype `{d}` (use f32, f16 or bf16)"))?,
-        );
-    }
-    let owned: Vec<Checkpoint>;
-    let perms = if a.align {
-        // Alignment needs owned checkpoints in input order; reopen the used ones.
-        owned = used
-            .iter()
-            .map(|c| Checkpoint::open(c.source()))
-            .collect::<Result<_, _>>()?;
-        super::align::align_inputs(
-            &owned,
-            AlignMode::Pairwise,
-            &a.matching,
-            a.out.quiet || a.out.json,
-        )?
-    } else {
-        vec![None; used.len()]
+    let used_w: Vec<f64> = used.iter().map(|(_, w)| *w).collect();
+    let gate = GateText {
+        labels: (used.iter())
+            .map(|(s, _)| format!("{} (step {})", s.path.display(), s.step))
+            .collect(),
+        aligned: a.align,
+        strict: a.basin.strict_basin,
     };
-    let inputs = MergeInput::zip(used.iter().copied(), &perms);
-    let quiet = a.out.quiet || a.out.json;
-    let basin = &a.basin;
-    if let Some(code) =
-        super::basin::check_ema(&inputs, &order, &weights, &opts, a.align, basin, quiet)?
-    {
-        return Ok(code);
-    }
     let description = json!({
         "command": "ema",
         "version": polymerge::VERSION,
         "profile": profile.to_string(),
         "inputs": rows,
     });
-    let report = merge(&inputs, &opts, &a.out, description, "ema")?;
+    let merge = Merge::new(used.iter().map(|(s, _)| &ckpts[s.index]))
+        .weights(used_w.clone())
+        .accumulation(a.accum.accumulation())
+        .dtype(a.dtype.map(|d| d.dtype()))
+        .strict_nonfinite(a.strict)
+        .align(if a.align {
+            Align::ToFirst(a.matching.options())
+        } else {
+            Align::None
+        })
+        .basin_gate(gate_of(&a.basin))
+        .basin_pairs(ema::basin_pair(&used_w).into_iter().collect())
+        .description(description);
+    let console = Console::new(a.out.quiet(), "ema").with_gate(gate);
+    let report = match merge.run(&output, &console) {
+        Err(polymerge::Error::BasinRefused { pairs }) => {
+            return Ok(refusal(&pairs, console.gate()));
+        }
+        r => r?,
+    };
+    warn_nonfinite(&report.nonfinite);
     if a.out.json && a.print_weights {
         eprintln!("{}", json!({"weights": rows}));
     }
-    summarize("ema of", &a.out, &report, inputs.len());
+    summarize("ema of", &a.out, &report, used.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,14 @@
-//! Command-line front end: raw arguments ([`args`]) become validated
-//! configurations that drive the library, with progress on stderr and
-//! human or `--json` summaries on stdout.
+//! Command-line front end: arguments parsed and validated by clap
+//! ([`args`], [`config`]), then one thin adapter per command over the
+//! library's pipeline, with progress from its events ([`console`]) and
+//! human or `--json` summaries ([`output`]).
 
 mod align;
 mod args;
 mod avg;
 mod basin;
+mod config;
+mod console;
 mod ema;
 mod inspect;
 mod output;
@@ -13,8 +16,6 @@ mod output;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-pub use output::one_line;
 
 /// Exit code for any error (bad input, failed write ...).
 pub const EXIT_ERROR: u8 = 1;
@@ -32,4 +33,25 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Ema(a) => ema::run(a),
         args::Command::Basin(a) => basin::run(a),
     }
+}
+
+/// Renders an error and its causes as one line (`outer: inner: …`).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in err.chain() {
+        parts.push(cause.to_string());
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// [`one_line`] for a library error.
+pub fn error_line(err: &polymerge::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line.replace('\n', " ")
 }

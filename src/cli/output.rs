@@ -1,37 +1,10 @@
-//! What the binary shows a person: progress bars on stderr (only on a
-//! terminal), human-readable sizes, warnings, and the one-line error format.
+//! What the binary prints: human-readable sizes, warnings, the one-line
+//! error format, and the end-of-run summaries of commands that write.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
-
-use indicatif::{ProgressBar, ProgressStyle};
-use polymerge::average::NonFinite;
-use polymerge::write::{DEFAULT_MAX_SHARD_BYTES, OutputLayout};
+use polymerge::average::{MergeReport, NonFinite};
+use serde_json::json;
 
 use super::args::OutputArgs;
-
-/// Renders an error chain as one line (anyhow's `{:#}` joins causes with ": ").
-pub fn one_line(err: &anyhow::Error) -> String {
-    format!("{err:#}").replace('\n', " ")
-}
-
-/// A byte-count progress bar on stderr; hidden when stderr is not a terminal
-/// or `quiet` is set.
-pub fn bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
-}
 
 /// Prints warnings on stderr (always, even with `--quiet`).
 pub fn warn(msg: &str) {
@@ -94,56 +67,40 @@ pub fn human_count(n: u64) -> String {
     }
 }
 
-/// Parses sizes like `5GB` (decimal), `2GiB` (binary), `500MB`, `123`.
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid size `{s}` (expected e.g. 5GB, 500MB, 2GiB)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024f64.powi(2),
-        "gib" => 1024f64.powi(3),
-        "tib" => 1024f64.powi(4),
-        _ => anyhow::bail!("invalid size unit in `{s}` (use B, KB, MB, GB, KiB, MiB, GiB)"),
-    };
-    let bytes = (value * mult).round();
-    anyhow::ensure!(bytes >= 1.0, "size `{s}` must be at least one byte");
-    Ok(bytes as u64)
-}
-
-/// The output layout the user asked for; side files are copied from
-/// `model_dir` (the first input's model directory) for directory outputs.
-pub fn layout(args: &OutputArgs, model_dir: Option<PathBuf>) -> anyhow::Result<OutputLayout> {
-    let max = if args.max_shard_size == "5GB" {
-        DEFAULT_MAX_SHARD_BYTES
-    } else {
-        parse_size(&args.max_shard_size)?
-    };
-    Ok(OutputLayout::infer(&args.output, max, model_dir))
+/// Prints the end-of-run summary: JSON on stdout with `--json`, otherwise
+/// one human line on stderr (unless `--quiet`).
+pub fn summarize(verb: &str, out: &OutputArgs, r: &MergeReport, n_inputs: usize) {
+    let bytes = r.written.data_bytes;
+    let rate = bytes as f64 / r.seconds.max(1e-9);
+    if out.json {
+        let j = json!({
+            "output": r.written.path.display().to_string(),
+            "files": r.written.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "inputs": n_inputs,
+            "tensors": r.tensors,
+            "params": r.params,
+            "bytes": bytes,
+            "seconds": r.seconds,
+            "bytes_per_second": rate,
+            "nonfinite": r.nonfinite.iter().map(|n| json!({"file": n.path.display().to_string(), "tensor": n.tensor, "count": n.count})).collect::<Vec<_>>(),
+        });
+        println!("{j}");
+    } else if !out.quiet {
+        eprintln!(
+            "{verb} {n_inputs} input(s) into {}: {} tensors, {} params, {} in {:.2} s ({}/s)",
+            r.written.path.display(),
+            r.tensors,
+            human_count(r.params),
+            human_bytes(bytes),
+            r.seconds,
+            human_bytes(rate as u64)
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_use_decimal_gb_and_binary_gib() {
-        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 * 1024 * 1024 * 1024);
-        assert_eq!(parse_size("1.5MB").unwrap(), 1_500_000);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("5 parsecs").is_err());
-    }
 
     #[test]
     fn byte_counts_read_in_binary_units() {

@@ -37,7 +37,7 @@ mod steps;
 
 pub use decay::{Decay, Warmup, decay_to_half_life, half_life_to_decay};
 pub use profile::{
-    EmaProfile, ProfileOptions, effective_half_life_checkpoints, gamma_to_sigma_rel,
+    EmaProfile, basin_pair, effective_half_life_checkpoints, gamma_to_sigma_rel,
     sigma_rel_to_gamma, warnings, weights,
 };
 pub use steps::{
@@ -58,6 +58,10 @@ pub const FIRST_WEIGHT_WARN: f64 = 0.5;
 /// `σ_rel` of the power profile with `γ = 0` (uniform average over `[0, t]`):
 /// `1/√12`. Larger `σ_rel` would need `γ < 0`.
 pub const SIGMA_REL_MAX: f64 = 0.288_675_134_594_812_9;
+
+/// A checkpoint whose weight, with all before it, is at most this fraction
+/// of the total is left out of the basin check ([`basin_pair`]).
+pub const NEGLIGIBLE_WEIGHT: f64 = 0.01;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())

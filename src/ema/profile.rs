@@ -4,7 +4,9 @@
 use std::fmt;
 
 use super::decay::{Decay, Neumaier, Warmup};
-use super::{FIRST_WEIGHT_WARN, HALF_LIFE_WARN_CHECKPOINTS, SIGMA_REL_MAX, invalid};
+use super::{
+    FIRST_WEIGHT_WARN, HALF_LIFE_WARN_CHECKPOINTS, NEGLIGIBLE_WEIGHT, SIGMA_REL_MAX, invalid,
+};
 use crate::error::Result;
 
 // ---------------------------------------------------------------------------
@@ -245,6 +247,22 @@ fn window_weights(k: usize, n: usize) -> Result<Vec<f64>> {
     Ok(w)
 }
 
+/// The pair of checkpoints a basin check of an EMA compares: the first with
+/// non-negligible weight (after the longest prefix whose weights sum to at
+/// most [`NEGLIGIBLE_WEIGHT`] of the total) against the last, as indices
+/// into `weights`; `None` when that is one checkpoint.
+pub fn basin_pair(weights: &[f64]) -> Option<(usize, usize)> {
+    let total: f64 = weights.iter().sum();
+    let mut prefix = 0.0;
+    let mut first = 0;
+    while first + 1 < weights.len() && prefix + weights[first] <= NEGLIGIBLE_WEIGHT * total {
+        prefix += weights[first];
+        first += 1;
+    }
+    let last = weights.len().saturating_sub(1);
+    (first < last).then_some((first, last))
+}
+
 /// How many of the newest checkpoints hold half of the weight, interpolated
 /// linearly within the checkpoint that crosses one half: with `c_m` the
 /// summed weight of the newest `m` checkpoints, the `x` in `[m−1, m]` where
@@ -307,89 +325,4 @@ pub fn warnings(profile: &EmaProfile, steps: &[u64], weights: &[f64]) -> Vec<Str
         ));
     }
     out
-}
-
-// ---------------------------------------------------------------------------
-// Profile options (the CLI's exactly-one-of flags)
-// ---------------------------------------------------------------------------
-
-/// The profile flags of `polymerge ema`, exactly one of which (`decay`,
-/// `half_life`, `tau`, `power`, `sigma_rel`, `window`) must be set;
-/// `warmup` only goes with the three decay forms.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ProfileOptions {
-    /// `--decay β`.
-    pub decay: Option<f64>,
-    /// `--half-life STEPS`.
-    pub half_life: Option<f64>,
-    /// `--tau τ`.
-    pub tau: Option<f64>,
-    /// `--power γ`.
-    pub power: Option<f64>,
-    /// `--sigma-rel σ`.
-    pub sigma_rel: Option<f64>,
-    /// `--window K`.
-    pub window: Option<usize>,
-    /// `--warmup …` (see [`Warmup::parse`]).
-    pub warmup: Option<Warmup>,
-}
-
-impl ProfileOptions {
-    /// Validates the combination and builds the profile.
-    pub fn to_profile(&self) -> Result<EmaProfile> {
-        let given: Vec<&str> = [
-            ("--decay", self.decay.is_some()),
-            ("--half-life", self.half_life.is_some()),
-            ("--tau", self.tau.is_some()),
-            ("--power", self.power.is_some()),
-            ("--sigma-rel", self.sigma_rel.is_some()),
-            ("--window", self.window.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect();
-        match given.as_slice() {
-            [] => {
-                return Err(invalid(
-                    "choose an ema profile: one of --decay, --half-life, --tau, --power, --sigma-rel, --window",
-                ));
-            }
-            [_] => {}
-            [a, b, ..] => {
-                return Err(invalid(format!(
-                    "{a} and {b} cannot be combined: give exactly one ema profile"
-                )));
-            }
-        }
-        let decay = if let Some(b) = self.decay {
-            Some(Decay::from_beta(b)?)
-        } else if let Some(h) = self.half_life {
-            Some(Decay::from_half_life(h)?)
-        } else if let Some(t) = self.tau {
-            Some(Decay::from_tau(t)?)
-        } else {
-            None
-        };
-        if let Some(decay) = decay {
-            let p = EmaProfile::Decay {
-                decay,
-                warmup: self.warmup,
-            };
-            p.validate()?;
-            return Ok(p);
-        }
-        if self.warmup.is_some() {
-            return Err(invalid(format!(
-                "--warmup applies only to --decay, --half-life or --tau, not to {}",
-                given[0]
-            )));
-        }
-        if let Some(g) = self.power {
-            EmaProfile::power(g)
-        } else if let Some(s) = self.sigma_rel {
-            EmaProfile::power_from_sigma_rel(s)
-        } else {
-            EmaProfile::window(self.window.unwrap_or(0))
-        }
-    }
 }

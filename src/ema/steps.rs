@@ -270,14 +270,14 @@ pub fn discover_step(index: usize, path: &Path, metadata: &impl Metadata) -> Res
     })
 }
 
-/// Parses `--steps 1000,2000,3000`.
+/// Parses a comma-separated list of steps (`1000,2000,3000`).
 pub fn parse_steps(arg: &str) -> Result<Vec<u64>> {
     arg.split(',')
         .map(|s| {
             let s = s.trim();
             s.parse::<u64>().map_err(|_| {
                 invalid(format!(
-                    "--steps: `{s}` is not a whole number (expected a comma-separated list like 1000,2000,3000)"
+                    "`{s}` is not a whole number (expected a comma-separated list like 1000,2000,3000)"
                 ))
             })
         })

@@ -26,7 +26,7 @@ pub mod resnet;
 pub mod transformer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -279,6 +279,46 @@ impl PermutationSpec {
         }
         Ok(ModelPermutation { tensors: out })
     }
+}
+
+/// Where the permutation spec of a run comes from.
+#[derive(Clone, Debug, Default)]
+pub enum SpecSource {
+    /// Inferred from the first checkpoint's tensor names ([`infer::infer`]).
+    #[default]
+    Infer,
+    /// A spec file ([`PermutationSpec::load`]).
+    File(PathBuf),
+    /// A spec already in memory.
+    Given(PermutationSpec),
+}
+
+/// The spec of `source` for `ckpts` (inferred from the first one), reduced
+/// to the groups whose kind or name is in `groups`, and validated against
+/// every checkpoint.
+pub fn resolve(
+    source: &SpecSource,
+    groups: Option<&[String]>,
+    ckpts: &[&Checkpoint],
+) -> Result<PermutationSpec> {
+    let first = ckpts
+        .first()
+        .ok_or_else(|| Error::Invalid("no checkpoint to infer a spec from".into()))?;
+    let mut spec = match source {
+        SpecSource::Infer => infer::infer(first)?,
+        SpecSource::File(p) => PermutationSpec::load(p)?,
+        SpecSource::Given(s) => s.clone(),
+    };
+    if let Some(g) = groups {
+        spec.select(g)?;
+    }
+    for c in ckpts {
+        spec.validate(c).map_err(|e| Error::SpecCheck {
+            path: c.source().to_path_buf(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(spec)
 }
 
 /// Saved permutations: one per group, by name.

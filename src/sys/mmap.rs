@@ -1,6 +1,4 @@
-//! Memory-mapped checkpoint files, and the one write-side OS hint. With the
-//! run-time SIMD dispatch in [`super::dtype`], the only `unsafe` code of
-//! polymerge.
+//! Memory-mapped checkpoint files, and the one write-side OS hint.
 //!
 //! A checkpoint is mapped read-only and never copied as a whole; tensors are
 //! decoded straight from the mapping. After a stretch of a tensor has been

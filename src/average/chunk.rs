@@ -1,0 +1,188 @@
+//! Averaging one chunk of output elements on the rayon pool: work items of
+//! [`SUB_ELEMS`] elements, each folding every input into L1-resident
+//! accumulators with the fused kernels of [`crate::kernels`].
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use safetensors::Dtype;
+
+use super::SUB_ELEMS;
+use crate::checkpoint::dtype;
+use crate::checkpoint::stream::TensorSource;
+use crate::kernels;
+
+/// Elements accumulated at a time inside a work item (f32 path): 2 Ki f32
+/// accumulators (8 KiB) stay in L1 while every input is folded in.
+const MINI_ELEMS: usize = 2048;
+
+/// The inputs of one chunk: each input's element bytes over a range of
+/// output elements, either borrowed from a mapping or gathered into scratch.
+pub(super) trait ChunkInputs: Sync {
+    fn len(&self) -> usize;
+    fn dtype(&self, i: usize) -> Dtype;
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8];
+}
+
+impl ChunkInputs for [TensorSource<'_>] {
+    fn len(&self) -> usize {
+        <[TensorSource]>::len(self)
+    }
+    fn dtype(&self, i: usize) -> Dtype {
+        self[i].dtype()
+    }
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+        self[i].fetch(range, scratch)
+    }
+}
+
+impl ChunkInputs for [(Dtype, &[u8])] {
+    fn len(&self) -> usize {
+        <[(Dtype, &[u8])]>::len(self)
+    }
+    fn dtype(&self, i: usize) -> Dtype {
+        self[i].0
+    }
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, _: &'s mut Vec<u8>) -> &'s [u8] {
+        let (dtype, bytes) = self[i];
+        let w = dtype::size_of(dtype);
+        &bytes[range.start * w..range.end * w]
+    }
+}
+
+/// Per-thread scratch space for one sub-block, kept for the life of the
+/// thread (rayon's pool threads live as long as the process), so averaging
+/// allocates nothing per chunk. Borrowed only while one sub-block is computed,
+/// which makes no rayon calls (so no other work item can run on the thread
+/// meanwhile and borrow it again).
+#[derive(Default)]
+struct Scratch {
+    acc32: Vec<f32>,
+    acc64: Vec<f64>,
+    x64: Vec<f64>,
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// NaN/Inf counts per input, added to only when non-zero (rarely).
+fn new_counts(n: usize) -> Vec<AtomicU64> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+fn into_counts(c: Vec<AtomicU64>) -> Vec<u64> {
+    c.into_iter().map(AtomicU64::into_inner).collect()
+}
+
+/// Weighted average of whole in-memory inputs, each given as its dtype and
+/// little-endian element bytes (any alignment), into `out` (as many elements
+/// of `out_dtype`), with f32 arithmetic: `out = encode(Σ wᵢ·xᵢ / divisor)`,
+/// bit for bit what [`super::run`] computes for each tensor (pass
+/// `divisor = f32(Σwᵢ)` with Σwᵢ summed in f64). Returns the NaN/Inf count of
+/// each input. Work is split over the rayon pool as in [`super::run`]; this is the
+/// kernel the `average` benchmark measures.
+///
+/// Panics if an input is shorter than `out`, or a dtype is not a float dtype.
+pub fn average_slices_f32(
+    inputs: &[(Dtype, &[u8])],
+    weights: &[f32],
+    divisor: f32,
+    out_dtype: Dtype,
+    out: &mut [u8],
+) -> Vec<u64> {
+    let n = out.len() / dtype::size_of(out_dtype);
+    for &(d, b) in inputs {
+        assert!(
+            b.len() >= n * dtype::size_of(d),
+            "input shorter than output"
+        );
+    }
+    average_chunk_f32(inputs, weights, divisor, out_dtype, 0..n, out)
+}
+
+/// Averages output elements `range` into `out` with f32 arithmetic; returns
+/// the NaN/Inf count of each input over the range.
+pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
+    sources: &I,
+    weights: &[f32],
+    divisor: f32,
+    out_dtype: Dtype,
+    range: Range<usize>,
+    out: &mut [u8],
+) -> Vec<u64> {
+    let out_elem = dtype::size_of(out_dtype);
+    let counts = new_counts(sources.len());
+    out.par_chunks_mut(SUB_ELEMS * out_elem)
+        .enumerate()
+        .for_each(|(k, out_block)| {
+            SCRATCH.with_borrow_mut(|s| {
+                let n = out_block.len() / out_elem;
+                let lo = range.start + k * SUB_ELEMS;
+                s.acc32.resize(MINI_ELEMS, 0.0);
+                // Pieces of MINI_ELEMS, so that the accumulators stay in L1.
+                let mut m0 = 0;
+                while m0 < n {
+                    let m = MINI_ELEMS.min(n - m0);
+                    let piece = lo + m0..lo + m0 + m;
+                    let acc = &mut s.acc32[..m];
+                    for (i, &w) in weights.iter().enumerate() {
+                        let bytes = sources.fetch(i, piece.clone(), &mut s.bytes);
+                        // The first term overwrites acc (Python's `0 + w·x`).
+                        let bad = kernels::accumulate_f32(sources.dtype(i), bytes, w, acc, i == 0);
+                        if bad != 0 {
+                            counts[i].fetch_add(bad, Ordering::Relaxed);
+                        }
+                    }
+                    let out = &mut out_block[m0 * out_elem..(m0 + m) * out_elem];
+                    kernels::divide_encode_f32(acc, divisor, out_dtype, out);
+                    m0 += m;
+                }
+            })
+        });
+    into_counts(counts)
+}
+
+/// As [`average_chunk_f32`] with f64 arithmetic.
+pub(super) fn average_chunk_f64<I: ChunkInputs + ?Sized>(
+    sources: &I,
+    weights: &[f64],
+    divisor: f64,
+    out_dtype: Dtype,
+    range: Range<usize>,
+    out: &mut [u8],
+) -> Vec<u64> {
+    let out_elem = dtype::size_of(out_dtype);
+    let counts = new_counts(sources.len());
+    out.par_chunks_mut(SUB_ELEMS * out_elem)
+        .enumerate()
+        .for_each(|(k, out_block)| {
+            SCRATCH.with_borrow_mut(|s| {
+                let n = out_block.len() / out_elem;
+                let lo = range.start + k * SUB_ELEMS;
+                s.acc64.clear();
+                s.acc64.resize(n, 0.0);
+                s.x64.resize(n, 0.0);
+                for (i, &w) in weights.iter().enumerate() {
+                    let bytes = sources.fetch(i, lo..lo + n, &mut s.bytes);
+                    kernels::decode_f64(sources.dtype(i), bytes, &mut s.x64);
+                    let mut bad = 0u64;
+                    for (a, &x) in s.acc64.iter_mut().zip(&s.x64) {
+                        bad += u64::from(!x.is_finite());
+                        *a += w * x;
+                    }
+                    if bad != 0 {
+                        counts[i].fetch_add(bad, Ordering::Relaxed);
+                    }
+                }
+                for a in s.acc64.iter_mut() {
+                    *a /= divisor;
+                }
+                kernels::encode_f64(out_dtype, &s.acc64, out_block);
+            })
+        });
+    into_counts(counts)
+}

@@ -1,0 +1,183 @@
+//! The merge pass: every planned tensor streamed from the inputs
+//! ([`crate::checkpoint::stream`]), averaged chunk by chunk on the rayon pool
+//! while a writer thread appends finished chunks to the output.
+
+use std::sync::mpsc::{channel, sync_channel};
+use std::time::Instant;
+
+use super::chunk::{average_chunk_f32, average_chunk_f64};
+use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Plan};
+use crate::checkpoint::dtype;
+use crate::checkpoint::stream::{ChunkSink, Chunks, TensorSource};
+use crate::error::{Error, Result};
+use crate::observe::{Event, Observer, Phase};
+use crate::write::CheckpointWriter;
+
+/// Chunks queued between the compute loop and the writer thread: 8 (16 MiB
+/// of bf16), two of the writer's 8 MiB direct-I/O blocks, so computing goes
+/// on while the writer waits for the disk.
+const QUEUE_DEPTH: usize = 8;
+
+/// Runs a planned merge into `writer`, reporting [`Phase::Merge`] progress
+/// (output bytes) to `observer`. With a `sink`, every chunk of every
+/// averaged tensor is handed to it too, from the same reads.
+pub fn run(
+    inputs: &[MergeInput],
+    plan: &Plan,
+    opts: &MergeOptions,
+    writer: CheckpointWriter,
+    observer: &dyn Observer,
+    mut sink: Option<&mut dyn ChunkSink>,
+) -> Result<MergeReport> {
+    let start = Instant::now();
+    let weights32: Vec<f32> = opts.weights.iter().map(|&w| w as f32).collect();
+    let sum64: f64 = opts.weights.iter().sum();
+    let mut nonfinite = Vec::new();
+    let mut params = 0u64;
+    let phase = Phase::Merge;
+    observer.event(&Event::Started {
+        phase,
+        total: Some(plan.total_bytes()),
+    });
+
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_DEPTH);
+    let (back_tx, back_rx) = channel::<Vec<u8>>();
+    let outcome: Result<CheckpointWriter> = std::thread::scope(|scope| {
+        let handle = scope.spawn(move || -> Result<CheckpointWriter> {
+            let mut writer = writer;
+            for buf in rx {
+                writer.write(&buf)?;
+                let _ = back_tx.send(buf);
+            }
+            Ok(writer)
+        });
+        let compute = (|| -> Result<()> {
+            let mut done = 0u64;
+            for pt in &plan.tensors {
+                let sources: Vec<TensorSource> = inputs
+                    .iter()
+                    .map(|inp| inp.source(&pt.plan.name))
+                    .collect::<Result<_>>()?;
+                // Sub-byte dtypes (F4, F6_*) are only ever copied (they are
+                // `Kind::Opaque`): stream them as raw bytes, one byte per
+                // "element", since their elements do not fill whole bytes.
+                let (numel, out_elem) = if pt.plan.dtype.bitsize() % 8 == 0 {
+                    (pt.plan.numel(), dtype::size_of(pt.plan.dtype))
+                } else {
+                    (pt.plan.nbytes(), 1)
+                };
+                let averaged = matches!(pt.action, Action::AverageF32 | Action::AverageF64);
+                let mut counts = vec![0u64; sources.len()];
+                if matches!(pt.action, Action::CopyExact) {
+                    check_identical(&sources)?;
+                }
+                if averaged {
+                    params += numel as u64;
+                    if let Some(s) = sink.as_deref_mut() {
+                        s.begin(&pt.plan.name, &pt.plan.shape);
+                    }
+                }
+                for range in Chunks::new(&sources, numel) {
+                    // A recycled buffer is not cleared: every byte of it is
+                    // overwritten below.
+                    let mut buf = back_rx.try_recv().unwrap_or_default();
+                    buf.resize(range.len() * out_elem, 0);
+                    let c = match pt.action {
+                        Action::Copy | Action::CopyExact => {
+                            let mut scratch = Vec::new();
+                            buf.copy_from_slice(sources[0].fetch(range.clone(), &mut scratch));
+                            None
+                        }
+                        Action::AverageF32 => Some(average_chunk_f32(
+                            sources.as_slice(),
+                            &weights32,
+                            sum64 as f32,
+                            pt.plan.dtype,
+                            range.clone(),
+                            &mut buf,
+                        )),
+                        Action::AverageF64 => Some(average_chunk_f64(
+                            sources.as_slice(),
+                            &opts.weights,
+                            sum64,
+                            pt.plan.dtype,
+                            range.clone(),
+                            &mut buf,
+                        )),
+                    };
+                    if let Some(c) = c {
+                        counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+                    }
+                    if averaged && let Some(s) = sink.as_deref_mut() {
+                        s.chunk(&sources, range.clone());
+                    }
+                    if tx.send(buf).is_err() {
+                        // The writer thread stopped: its error is reported below.
+                        return Ok(());
+                    }
+                    done += (range.len() * out_elem) as u64;
+                    observer.event(&Event::Progress { phase, done });
+                }
+                if averaged && let Some(s) = sink.as_deref_mut() {
+                    s.end();
+                }
+                for (s, &count) in sources.iter().zip(&counts) {
+                    if count > 0 {
+                        let nf = NonFinite {
+                            path: s.checkpoint().shard_path(s.info()).to_path_buf(),
+                            tensor: pt.plan.name.clone(),
+                            count,
+                        };
+                        if opts.strict_nonfinite {
+                            return Err(Error::tensor(
+                                &nf.path,
+                                &nf.tensor,
+                                format!("{} NaN/Inf value(s) (--strict)", nf.count),
+                            ));
+                        }
+                        nonfinite.push(nf);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let writer = handle.join().expect("writer thread panicked");
+        compute.and(writer)
+    });
+    let writer = outcome?;
+    let written = writer.finish()?;
+    observer.event(&Event::Finished { phase });
+    Ok(MergeReport {
+        tensors: plan.tensors.len(),
+        params,
+        seconds: start.elapsed().as_secs_f64(),
+        written,
+        nonfinite,
+        warnings: Vec::new(),
+    })
+}
+
+/// Checks that every input holds the same bytes as the first (integer and
+/// bool tensors are copied, not averaged).
+fn check_identical(sources: &[TensorSource]) -> Result<()> {
+    let numel = sources[0].info().numel();
+    let mut s0 = Vec::new();
+    let mut s1 = Vec::new();
+    let a = sources[0].fetch(0..numel, &mut s0);
+    for s in &sources[1..] {
+        if s.fetch(0..numel, &mut s1) != a {
+            return Err(Error::Mismatch(format!(
+                "{:?} tensor `{}` differs between `{}` and `{}`; integer and bool tensors must be identical to be merged",
+                s.dtype(),
+                s.info().name,
+                sources[0]
+                    .checkpoint()
+                    .shard_path(sources[0].info())
+                    .display(),
+                s.checkpoint().shard_path(s.info()).display()
+            )));
+        }
+    }
+    Ok(())
+}

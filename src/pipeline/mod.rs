@@ -1,0 +1,314 @@
+//! The pipeline: inputs → spec → alignment → basin gate → plan → write, as
+//! one builder ([`Merge`]), so that a Rust program does what `polymerge avg
+//! --align` does without the command line. Every command of the binary is a
+//! thin adapter over it (or over [`compare`] for `polymerge basin`).
+//!
+//! Stages, in order, for a [`Merge::run`]:
+//!
+//! 1. the output is checked first (an existing one is refused without
+//!    `force`), so no work is wasted;
+//! 2. the inputs are validated against each other and the merge is planned,
+//!    once ([`average::plan`]): tensor names, shapes, dtypes, and what
+//!    happens to each tensor;
+//! 3. alignment ([`Align`]): none, weight matching of every input to the
+//!    first, MergeMany, or permutations the caller already has;
+//! 4. the basin gate ([`BasinGate`]): the data-free check of chosen pairs of
+//!    (aligned) inputs, in one streaming pass; a refusing gate stops the run
+//!    with [`Error::BasinRefused`] before anything is written;
+//! 5. the write: the planned tensors streamed from the inputs into the
+//!    output ([`average::run`]).
+//!
+//! Progress and outcomes of every stage go to an [`Observer`].
+
+mod compare;
+mod matching;
+
+use std::path::Path;
+use std::time::Instant;
+
+use safetensors::Dtype;
+use serde_json::json;
+
+use crate::average::{self, Accumulation, MergeInput, MergeOptions, MergeReport};
+use crate::basin::{self, Assessment, Thresholds, Verdict};
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::permute::ModelPermutation;
+use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout};
+
+pub use crate::observe::{Event, Observer, Phase, Silent};
+pub use compare::{Compare, Comparison, MatchingSkipped, WhenMatching, compare};
+pub use matching::{MatchOptions, align_many, align_to_first, match_pair};
+
+/// How the inputs are brought into one unit order before averaging.
+#[derive(Clone, Debug, Default)]
+pub enum Align {
+    /// Averaged as stored.
+    #[default]
+    None,
+    /// Every input matched to the first by weight matching.
+    ToFirst(MatchOptions),
+    /// Git Re-Basin's MergeMany over all inputs.
+    Many(MatchOptions),
+    /// Permutations the caller already has, one per input.
+    Given(Vec<Option<ModelPermutation>>),
+}
+
+/// What the basin gate does with a pair of inputs that looks disconnected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BasinGate {
+    /// No check.
+    Off,
+    /// Check and report ([`Event::BasinPair`]), then write anyway.
+    #[default]
+    Warn,
+    /// Check and refuse to write ([`Error::BasinRefused`]).
+    Refuse,
+}
+
+/// A pair the basin gate refused: input `pair.1` against input `pair.0`
+/// (0-based), and why.
+#[derive(Clone, Debug)]
+pub struct RefusedPair {
+    pub pair: (usize, usize),
+    pub assessment: Assessment,
+}
+
+/// Where a run writes: the output layout (fixed before any input is read)
+/// and whether an existing output may be replaced.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub layout: OutputLayout,
+    pub force: bool,
+}
+
+impl Output {
+    /// `path` as a file (`*.safetensors`) or model directory (anything
+    /// else, in shards of at most `max_shard_bytes`); non-weight files of the
+    /// first input's model directory are copied into a directory output.
+    pub fn new(path: impl AsRef<Path>, max_shard_bytes: u64) -> Self {
+        Self {
+            layout: OutputLayout::infer(path.as_ref(), max_shard_bytes, None),
+            force: false,
+        }
+    }
+
+    /// [`Output::new`] with the default shard size (5 GB).
+    pub fn at(path: impl AsRef<Path>) -> Self {
+        Self::new(path, DEFAULT_MAX_SHARD_BYTES)
+    }
+
+    /// Allows replacing an existing output (even one of the inputs).
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Fails if the output exists and `force` is not set.
+    pub fn refuse_existing(&self) -> Result<()> {
+        write::refuse_existing(self.layout.path(), self.force)
+    }
+
+    /// The layout, with side files taken from `model_dir` for a directory
+    /// output that names no source of its own.
+    fn layout_for(&self, model_dir: Option<&Path>) -> OutputLayout {
+        match &self.layout {
+            OutputLayout::Directory {
+                path,
+                max_shard_bytes,
+                copy_from: None,
+            } => OutputLayout::Directory {
+                path: path.clone(),
+                max_shard_bytes: *max_shard_bytes,
+                copy_from: model_dir.map(Path::to_path_buf),
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+/// A merge of checkpoints: weighted average (uniform by default) of the
+/// inputs, optionally aligned first, checked by the basin gate, written to
+/// an [`Output`].
+///
+/// ```no_run
+/// use polymerge::checkpoint::Checkpoint;
+/// use polymerge::pipeline::{Align, MatchOptions, Merge, Output, Silent};
+///
+/// let a = Checkpoint::open("a.safetensors")?;
+/// let b = Checkpoint::open("b.safetensors")?;
+/// let report = Merge::new([&a, &b])
+///     .align(Align::ToFirst(MatchOptions::default()))
+///     .run(&Output::at("merged.safetensors"), &Silent)?;
+/// println!("{} tensors", report.tensors);
+/// # Ok::<(), polymerge::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Merge<'a> {
+    inputs: Vec<&'a Checkpoint>,
+    options: MergeOptions,
+    align: Align,
+    gate: BasinGate,
+    pairs: Option<Vec<(usize, usize)>>,
+    thresholds: Thresholds,
+    description: serde_json::Value,
+}
+
+impl<'a> Merge<'a> {
+    /// A uniform average of `inputs`, unaligned, with a warning basin gate
+    /// over every input against the first.
+    pub fn new(inputs: impl IntoIterator<Item = &'a Checkpoint>) -> Self {
+        let inputs: Vec<&Checkpoint> = inputs.into_iter().collect();
+        Self {
+            options: MergeOptions::uniform(inputs.len()),
+            inputs,
+            align: Align::None,
+            gate: BasinGate::Warn,
+            pairs: None,
+            thresholds: Thresholds::default(),
+            description: json!({"command": "merge", "version": crate::VERSION}),
+        }
+    }
+
+    /// One weight per input: the result is `Σ wᵢxᵢ / Σ wᵢ`.
+    pub fn weights(mut self, weights: Vec<f64>) -> Self {
+        self.options.weights = weights;
+        self
+    }
+
+    /// Output dtype of float tensors (default: the first input's).
+    pub fn dtype(mut self, dtype: Option<Dtype>) -> Self {
+        self.options.dtype = dtype;
+        self
+    }
+
+    /// Precision of the running sum.
+    pub fn accumulation(mut self, accumulation: Accumulation) -> Self {
+        self.options.accumulation = accumulation;
+        self
+    }
+
+    /// Make NaN/Inf in the inputs an error instead of a reported count.
+    pub fn strict_nonfinite(mut self, strict: bool) -> Self {
+        self.options.strict_nonfinite = strict;
+        self
+    }
+
+    /// How the inputs are aligned before averaging.
+    pub fn align(mut self, align: Align) -> Self {
+        self.align = align;
+        self
+    }
+
+    /// What the basin gate does.
+    pub fn basin_gate(mut self, gate: BasinGate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The pairs `(i, j)` the basin gate checks (default: every input
+    /// against the first).
+    pub fn basin_pairs(mut self, pairs: Vec<(usize, usize)>) -> Self {
+        self.pairs = Some(pairs);
+        self
+    }
+
+    /// The basin verdict's thresholds.
+    pub fn thresholds(mut self, thresholds: Thresholds) -> Self {
+        self.thresholds = thresholds;
+        self
+    }
+
+    /// The description recorded as the `polymerge` key of the output's
+    /// `__metadata__`.
+    pub fn description(mut self, description: serde_json::Value) -> Self {
+        self.description = description;
+        self
+    }
+
+    /// The merge options as set so far.
+    pub fn options(&self) -> &MergeOptions {
+        &self.options
+    }
+
+    /// Runs every stage and writes `output`.
+    pub fn run(self, output: &Output, observer: &dyn Observer) -> Result<MergeReport> {
+        output.refuse_existing()?;
+        let first = *self
+            .inputs
+            .first()
+            .ok_or_else(|| Error::Invalid("no inputs to merge".into()))?;
+        let plain: Vec<MergeInput> = self.inputs.iter().map(|c| MergeInput::plain(c)).collect();
+        let plan = average::plan(&plain, &self.options)?;
+        let perms = self.alignment(observer)?;
+        let inputs = MergeInput::zip(self.inputs.iter().copied(), &perms);
+        self.check_basin(&inputs, observer)?;
+        for w in &plan.warnings {
+            observer.event(&Event::Warning(w));
+        }
+        let metadata = average::output_metadata(first, self.description);
+        let writer = CheckpointWriter::create(
+            output.layout_for(first.model_dir()),
+            plan.tensor_plans(),
+            metadata,
+            output.force,
+        )?;
+        average::run(&inputs, &plan, &self.options, writer, observer, None)
+    }
+
+    /// Stage 3: one permutation (or none) per input.
+    fn alignment(&self, observer: &dyn Observer) -> Result<Vec<Option<ModelPermutation>>> {
+        let n = self.inputs.len();
+        match &self.align {
+            Align::None => Ok(vec![None; n]),
+            Align::Given(perms) if perms.len() == n => Ok(perms.clone()),
+            Align::Given(perms) => Err(Error::Invalid(format!(
+                "{} permutations given for {n} inputs",
+                perms.len()
+            ))),
+            Align::ToFirst(m) => {
+                let spec = m.resolve_spec(&self.inputs)?;
+                align_to_first(&spec, &self.inputs, &m.align, observer)
+            }
+            Align::Many(m) => {
+                let spec = m.resolve_spec(&self.inputs)?;
+                align_many(&spec, &self.inputs, &m.align, observer)
+            }
+        }
+    }
+
+    /// Stage 4: the basin gate over the (aligned) inputs.
+    fn check_basin(&self, inputs: &[MergeInput], observer: &dyn Observer) -> Result<()> {
+        let pairs = match &self.pairs {
+            Some(p) => p.clone(),
+            None => (1..inputs.len()).map(|i| (0, i)).collect(),
+        };
+        if self.gate == BasinGate::Off || pairs.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let results = basin::check_pairs(inputs, &pairs, &self.thresholds, observer)?;
+        let mut refused = Vec::new();
+        for (&pair, (diagnostics, assessment)) in pairs.iter().zip(&results) {
+            observer.event(&Event::BasinPair {
+                pair,
+                diagnostics,
+                assessment,
+            });
+            if self.gate == BasinGate::Refuse && assessment.verdict == Verdict::Disconnected {
+                refused.push(RefusedPair {
+                    pair,
+                    assessment: assessment.clone(),
+                });
+            }
+        }
+        if !refused.is_empty() {
+            return Err(Error::BasinRefused { pairs: refused });
+        }
+        observer.event(&Event::BasinDone {
+            pairs: pairs.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! Run-time dispatch of the SIMD kernels: each of [`decode_f32`],
+//! [`encode_f32`], [`accumulate_f32`] and [`divide_encode_f32`] runs its
+//! generic body (`crate::kernels`, an `#[inline(always)]` function) compiled
+//! for the widest vector extension the CPU has — on x86-64, AVX-512 (F, BW,
+//! VL) or AVX2 when detected at run time, else the baseline (SSE2). The
+//! loops are plain Rust that LLVM vectorises for each; every version does the
+//! same IEEE operations in the same order (no FMA contraction, no
+//! reassociation), so results are bit-identical. Hot loops are
+//! `#[inline(always)]` functions, not closures, so that they are compiled
+//! into each version. The `*_on` functions run one given version ([`Isa`]),
+//! so tests can check each against the baseline.
+
+use safetensors::Dtype;
+
+use crate::kernels::{
+    accumulate_f32_generic, decode_f32_generic, divide_encode_f32_generic, encode_f32_generic,
+};
+
+/// A compiled version of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// The target's baseline (SSE2 on x86-64).
+    Baseline,
+    /// x86-64 AVX2.
+    Avx2,
+    /// x86-64 AVX-512 F, BW and VL.
+    Avx512,
+}
+
+impl Isa {
+    /// Every version compiled into this build.
+    pub const ALL: [Isa; 3] = [Isa::Baseline, Isa::Avx2, Isa::Avx512];
+
+    /// True if this CPU can run `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The version the dispatching kernels run on this CPU.
+    pub fn best() -> Isa {
+        if Isa::Avx512.available() {
+            Isa::Avx512
+        } else if Isa::Avx2.available() {
+            Isa::Avx2
+        } else {
+            Isa::Baseline
+        }
+    }
+}
+
+/// Defines `pub fn NAME(args) -> R`, dispatching to the widest version this
+/// CPU runs, and `pub fn NAME_ON(isa, args) -> R`, running version `isa`
+/// (panicking if the CPU lacks it).
+macro_rules! multiversion {
+    (
+        $(#[$meta:meta])*
+        pub fn $name:ident / $on:ident ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $generic:ident;
+    ) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+                    // SAFETY: the CPU supports every feature `avx512` is
+                    // compiled for (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if has!("avx2") {
+                    // SAFETY: as above, for AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] compiled for `isa`. Panics if this CPU cannot run `isa`.")]
+        pub fn $on(isa: Isa, $($arg: $ty),*) $(-> $ret)? {
+            assert!(isa.available(), "{isa:?} is not available on this CPU");
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                match isa {
+                    // SAFETY: `isa.available()` checked the CPU supports
+                    // every feature `avx512` is compiled for.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above, for AVX2.
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Baseline => {}
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// Decodes `out.len()` elements of `dtype` from `bytes` into f32.
+    ///
+    /// Panics if `bytes` is shorter than `out.len()` elements or `dtype` is not a
+    /// float dtype; callers slice both from validated tensor metadata.
+    pub fn decode_f32 / decode_f32_on(dtype: Dtype, bytes: &[u8], out: &mut [f32]) = decode_f32_generic;
+}
+
+multiversion! {
+    /// Encodes f32 values as `dtype` little-endian bytes, rounding to nearest even.
+    pub fn encode_f32 / encode_f32_on(dtype: Dtype, values: &[f32], out: &mut [u8]) = encode_f32_generic;
+}
+
+multiversion! {
+    /// Fused decode-and-accumulate, the inner loop of averaging: for every `j`,
+    /// `acc[j] += w * x[j]` where `x` is `acc.len()` elements of `dtype` decoded
+    /// from `bytes` (as [`decode_f32`] does); with `first`, `acc[j] = 0.0 + w *
+    /// x[j]` instead (the first term of Python's `sum()`, which starts from 0 and
+    /// so turns `-0.0` into `+0.0`; `acc`'s previous contents are ignored).
+    /// Returns how many of those elements are NaN or ±Inf.
+    ///
+    /// One f32 multiply and one f32 add per element, each rounded (never fused
+    /// into an FMA), so the result is bit-identical to decoding into a buffer and
+    /// adding `w * x` separately.
+    ///
+    /// Panics if `bytes` is shorter than `acc.len()` elements or `dtype` is not a
+    /// float dtype.
+    pub fn accumulate_f32 / accumulate_f32_on(
+        dtype: Dtype,
+        bytes: &[u8],
+        w: f32,
+        acc: &mut [f32],
+        first: bool,
+    ) -> u64 = accumulate_f32_generic;
+}
+
+multiversion! {
+    /// The last step of averaging: `out = encode(acc[j] / divisor)` as `dtype`
+    /// bytes, one true f32 division per element (not a multiplication by an
+    /// inexact reciprocal, which can differ in the last bit), then the rounding
+    /// of [`encode_f32`].
+    ///
+    /// When `1 / divisor` is exactly representable (the divisor is a power of
+    /// two, as for a uniform average of 2, 4, 8 … inputs or weights summing to
+    /// 1), multiplying by it gives the same correctly rounded result as the
+    /// division for every input, and is several times faster: both are the
+    /// exact quotient rounded once.
+    ///
+    /// Panics if `out` is shorter than `acc.len()` elements of `dtype`.
+    pub fn divide_encode_f32 / divide_encode_f32_on(
+        acc: &[f32],
+        divisor: f32,
+        dtype: Dtype,
+        out: &mut [u8],
+    ) = divide_encode_f32_generic;
+}
