@@ -1,0 +1,106 @@
+//! Filesystem steps around the data: refusing an existing output, copying
+//! side files, atomic replacement of the target, syncing directories.
+
+use std::fs::{self, File};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Weight file endings that are not copied from an input model directory.
+const WEIGHT_SUFFIXES: &[&str] = &[
+    ".safetensors",
+    ".safetensors.index.json",
+    ".bin",
+    ".bin.index.json",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".gguf",
+    ".onnx",
+];
+
+/// Fails if `target` exists and `force` is not set. [`CheckpointWriter::create`]
+/// checks this too; commands that do expensive work first (alignment) call
+/// it up front so that a user is not told after minutes of work.
+pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
+    if target.exists() && !force {
+        return Err(Error::Output {
+            path: target.to_path_buf(),
+            reason: "already exists (use --force to overwrite)".into(),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn copy_side_files(src: &Path, staging: &Path, target: &Path) -> Result<()> {
+    for entry in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let entry = entry.map_err(|e| Error::io(src, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if !is_file || name.starts_with('.') || WEIGHT_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            continue;
+        }
+        let to = staging.join(&name);
+        fs::copy(entry.path(), &to).map_err(|e| output_error(target, &to, e))?;
+    }
+    Ok(())
+}
+
+/// Renames a finished temporary file over `target`.
+pub(super) fn replace(temp: &Path, target: &Path) -> Result<()> {
+    fs::rename(temp, target).map_err(|e| Error::io(target, e))?;
+    sync_parent(target);
+    Ok(())
+}
+
+/// Moves a finished staging directory to `target`, replacing an existing
+/// directory or file there (only reached with `--force`).
+pub(super) fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
+    if target.exists() {
+        // `.NAME.polymerge-tmp-PID` → `.NAME.polymerge-old-PID`: a name of
+        // our own, never a user's `.NAME.old` (which would be deleted below).
+        let old = staging.with_extension(format!("polymerge-old-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(target, &old).map_err(|e| Error::io(target, e))?;
+        if let Err(e) = fs::rename(staging, target) {
+            let _ = fs::rename(&old, target);
+            return Err(Error::io(target, e));
+        }
+        if old.is_dir() {
+            let _ = fs::remove_dir_all(&old);
+        } else {
+            let _ = fs::remove_file(&old);
+        }
+    } else {
+        fs::rename(staging, target).map_err(|e| Error::io(target, e))?;
+    }
+    sync_parent(target);
+    Ok(())
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+pub(super) fn output_error(target: &Path, at: &Path, e: std::io::Error) -> Error {
+    let reason = if at == target {
+        format!("cannot write: {e}")
+    } else {
+        format!("cannot write (temporary `{}`): {e}", at.display())
+    };
+    Error::Output {
+        path: target.to_path_buf(),
+        reason,
+    }
+}

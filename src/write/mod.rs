@@ -1,0 +1,349 @@
+//! Writing merged checkpoints: streaming, atomic, in one file or in a
+//! Hugging Face model directory with shards and an index.
+//!
+//! The whole layout (tensor order, dtypes, shapes, offsets, shard split) is
+//! fixed before the first byte of data, so each file's header can be written
+//! first and the tensor data appended strictly sequentially as it is computed.
+//! Everything goes to a temporary file (or directory) beside the target and is
+//! renamed into place only once complete and synced; on any error, or when the
+//! writer is dropped unfinished, the temporaries are removed. A target that is
+//! also an input keeps its old inode alive (it stays mapped) until the rename.
+//! Large shards are written with direct I/O where the filesystem allows it
+//! (see [`ShardFile`]), so writing costs little CPU and no page cache.
+
+mod files;
+mod layout;
+mod shard;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::{Map, Value, json};
+
+use crate::checkpoint::INDEX_FILE;
+use crate::error::{Error, Result};
+use files::{copy_side_files, output_error, replace, replace_dir};
+use layout::{ShardPlan, split_shards};
+use shard::ShardFile;
+
+pub use files::refuse_existing;
+pub use layout::{OutputLayout, TensorPlan};
+
+/// Default largest shard of a directory output: 5 GB, the default of
+/// `transformers`' `save_pretrained(max_shard_size="5GB")` (decimal units).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// What was written.
+#[derive(Clone, Debug)]
+pub struct WriteSummary {
+    pub path: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub tensors: usize,
+    pub data_bytes: u64,
+}
+
+/// Temporary paths to remove if the process is interrupted (see
+/// [`remove_temporaries`]); the binary calls that from its signal handler.
+static LIVE_TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every temporary file or directory of writers still in progress.
+/// Meant for a Ctrl-C handler: the process exits right after.
+pub fn remove_temporaries() {
+    if let Ok(list) = LIVE_TEMPORARIES.lock() {
+        for p in list.iter() {
+            if p.is_dir() {
+                let _ = fs::remove_dir_all(p);
+            } else {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn register(p: &Path) {
+    if let Ok(mut l) = LIVE_TEMPORARIES.lock() {
+        l.push(p.to_path_buf());
+    }
+}
+
+fn unregister(p: &Path) {
+    if let Ok(mut l) = LIVE_TEMPORARIES.lock() {
+        l.retain(|x| x != p);
+    }
+}
+
+/// A streaming writer. Feed it the data of every planned tensor, in plan
+/// order, with [`CheckpointWriter::write`], then call
+/// [`CheckpointWriter::finish`].
+pub struct CheckpointWriter {
+    layout: OutputLayout,
+    plans: Vec<TensorPlan>,
+    shards: Vec<ShardPlan>,
+    metadata: BTreeMap<String, String>,
+    /// Temporary file (file layout) or staging directory (directory layout).
+    temp: PathBuf,
+    shard: usize,
+    file: Option<ShardFile>,
+    /// Bytes still expected for the current shard.
+    remaining: u64,
+    finished: bool,
+}
+
+impl CheckpointWriter {
+    /// Plans the output and opens the first temporary file. Fails before
+    /// anything is written when the target exists and `force` is false, or
+    /// its directory is not writable.
+    pub fn create(
+        layout: OutputLayout,
+        plans: Vec<TensorPlan>,
+        metadata: BTreeMap<String, String>,
+        force: bool,
+    ) -> Result<Self> {
+        let target = layout.path().to_path_buf();
+        refuse_existing(&target, force)?;
+        if let OutputLayout::File(_) = layout
+            && target.is_dir()
+        {
+            return Err(Error::Output {
+                path: target,
+                reason: "is a directory; a .safetensors output must be a file".into(),
+            });
+        }
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::Output {
+                path: target,
+                reason: format!("directory `{}` does not exist", parent.display()),
+            });
+        }
+        let base = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        let temp = parent.join(format!(".{base}.polymerge-tmp-{}", std::process::id()));
+        let shards = match &layout {
+            OutputLayout::File(_) => vec![ShardPlan {
+                file_name: String::new(),
+                first: 0,
+                end: plans.len(),
+                data_bytes: plans.iter().map(|p| p.nbytes() as u64).sum(),
+            }],
+            OutputLayout::Directory {
+                max_shard_bytes, ..
+            } => split_shards(&plans, *max_shard_bytes),
+        };
+        if let OutputLayout::Directory { .. } = layout {
+            if temp.exists() {
+                let _ = fs::remove_dir_all(&temp);
+            }
+            fs::create_dir(&temp).map_err(|e| output_error(&target, &parent, e))?;
+            register(&temp);
+        }
+        let mut writer = Self {
+            layout,
+            plans,
+            shards,
+            metadata,
+            temp,
+            shard: 0,
+            file: None,
+            remaining: 0,
+            finished: false,
+        };
+        writer.open_shard(0).inspect_err(|_| writer.cleanup())?;
+        Ok(writer)
+    }
+
+    /// The tensors in the order their data must be written.
+    pub fn plans(&self) -> &[TensorPlan] {
+        &self.plans
+    }
+
+    fn shard_path(&self, i: usize) -> PathBuf {
+        match self.layout {
+            OutputLayout::File(_) => self.temp.clone(),
+            OutputLayout::Directory { .. } => self.temp.join(&self.shards[i].file_name),
+        }
+    }
+
+    fn open_shard(&mut self, i: usize) -> Result<()> {
+        let path = self.shard_path(i);
+        let target = self.layout.path().to_path_buf();
+        let data_bytes = self.shards[i].data_bytes;
+        let mut file =
+            ShardFile::create(&path, data_bytes).map_err(|e| output_error(&target, &path, e))?;
+        if matches!(self.layout, OutputLayout::File(_)) {
+            register(&path);
+        }
+        let header = self.header(i)?;
+        file.write(&(header.len() as u64).to_le_bytes())
+            .and_then(|_| file.write(&header))
+            .map_err(|e| output_error(&target, &path, e))?;
+        self.shard = i;
+        self.remaining = data_bytes;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// The JSON header of shard `i`, padded with spaces to a multiple of 8
+    /// bytes (as the `safetensors` crate writes it) so that data is aligned.
+    fn header(&self, i: usize) -> Result<Vec<u8>> {
+        let s = &self.shards[i];
+        let mut obj = Map::new();
+        let meta: Map<String, Value> = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        obj.insert("__metadata__".into(), Value::Object(meta));
+        let mut offset = 0usize;
+        for p in &self.plans[s.first..s.end] {
+            let dtype = serde_json::to_value(p.dtype).map_err(|e| Error::Invalid(e.to_string()))?;
+            obj.insert(
+                p.name.clone(),
+                json!({"dtype": dtype, "shape": p.shape, "data_offsets": [offset, offset + p.nbytes()]}),
+            );
+            offset += p.nbytes();
+        }
+        let mut bytes =
+            serde_json::to_vec(&Value::Object(obj)).map_err(|e| Error::Invalid(e.to_string()))?;
+        while bytes.len() % 8 != 0 {
+            bytes.push(b' ');
+        }
+        Ok(bytes)
+    }
+
+    /// Appends tensor data. Chunks may be of any size and may span tensors
+    /// and shards; the writer switches files at shard boundaries.
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            if self.remaining == 0 {
+                if self.shard + 1 >= self.shards.len() {
+                    return Err(Error::Invalid(
+                        "internal error: more tensor data than planned".into(),
+                    ));
+                }
+                self.close_shard()?;
+                self.open_shard(self.shard + 1)?;
+                continue;
+            }
+            let n = (self.remaining.min(bytes.len() as u64)) as usize;
+            let file = self.file.as_mut().expect("open shard");
+            if let Err(e) = file.write(&bytes[..n]) {
+                return Err(output_error(self.layout.path(), &file.path, e));
+            }
+            self.remaining -= n as u64;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        if let Some(f) = self.file.take() {
+            let path = f.path.clone();
+            f.finish()
+                .map_err(|e| output_error(self.layout.path(), &path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Completes the output: checks every planned byte arrived, syncs, writes
+    /// the index and copies side files (directory layout), and renames the
+    /// result into place.
+    pub fn finish(mut self) -> Result<WriteSummary> {
+        let result = self.finish_inner();
+        if result.is_err() {
+            self.cleanup();
+        }
+        result
+    }
+
+    fn finish_inner(&mut self) -> Result<WriteSummary> {
+        // Shards after the current one can only be empty (no tensors) here.
+        while self.remaining == 0 && self.shard + 1 < self.shards.len() {
+            self.close_shard()?;
+            self.open_shard(self.shard + 1)?;
+        }
+        if self.remaining != 0 {
+            return Err(Error::Invalid(format!(
+                "internal error: {} bytes of tensor data missing",
+                self.remaining
+            )));
+        }
+        self.close_shard()?;
+        let target = self.layout.path().to_path_buf();
+        let data_bytes: u64 = self.shards.iter().map(|s| s.data_bytes).sum();
+        let files = match self.layout.clone() {
+            OutputLayout::File(path) => {
+                replace(&self.temp, &path)?;
+                unregister(&self.temp);
+                vec![path]
+            }
+            OutputLayout::Directory {
+                path, copy_from, ..
+            } => {
+                if self.shards.len() > 1 {
+                    let weight_map: BTreeMap<&str, &str> = self
+                        .shards
+                        .iter()
+                        .flat_map(|s| {
+                            self.plans[s.first..s.end]
+                                .iter()
+                                .map(move |p| (p.name.as_str(), s.file_name.as_str()))
+                        })
+                        .collect();
+                    let index =
+                        json!({"metadata": {"total_size": data_bytes}, "weight_map": weight_map});
+                    let index_path = self.temp.join(INDEX_FILE);
+                    let text = serde_json::to_string_pretty(&index)
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                    fs::write(&index_path, text + "\n")
+                        .map_err(|e| output_error(&target, &index_path, e))?;
+                }
+                if let Some(src) = copy_from {
+                    copy_side_files(&src, &self.temp, &target)?;
+                }
+                let files = fs::read_dir(&self.temp)
+                    .map_err(|e| Error::io(&self.temp, e))?
+                    .filter_map(|e| e.ok().map(|e| path.join(e.file_name())))
+                    .collect();
+                replace_dir(&self.temp, &path)?;
+                unregister(&self.temp);
+                files
+            }
+        };
+        self.finished = true;
+        Ok(WriteSummary {
+            path: target,
+            files,
+            tensors: self.plans.len(),
+            data_bytes,
+        })
+    }
+
+    fn cleanup(&mut self) {
+        self.file = None;
+        if self.temp.is_dir() {
+            let _ = fs::remove_dir_all(&self.temp);
+        } else {
+            let _ = fs::remove_file(&self.temp);
+        }
+        unregister(&self.temp);
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cleanup();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
