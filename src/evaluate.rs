@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use crate::alignment::WeightSource;
 use crate::checkpoint::{Checkpoint, dtype};
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelError, Result, TensorError, UsageError};
 use crate::spec::infer::natural_cmp;
 
 /// A labelled data set.
@@ -34,10 +34,10 @@ impl Dataset {
         let ckpt = Checkpoint::open(path)?;
         let xt = ckpt.require("x")?;
         if xt.shape.len() != 2 || !dtype::is_float(xt.dtype) {
-            return Err(Error::tensor(path, "x", "must be a float matrix [N, D]"));
+            return Err(Error::tensor(path, "x", TensorError::NotAMatrix));
         }
         let x = Array2::from_shape_vec((xt.shape[0], xt.shape[1]), ckpt.read_f32(xt)?)
-            .map_err(|e| Error::tensor(path, "x", e.to_string()))?;
+            .map_err(|e| Error::tensor(path, "x", TensorError::Shape(e)))?;
         let yt = ckpt.require("y")?;
         let bytes = ckpt.bytes(yt);
         let y: Vec<i64> = match yt.dtype {
@@ -50,25 +50,24 @@ impl Dataset {
                 .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
                 .collect(),
             other => {
-                return Err(Error::tensor(
-                    path,
-                    "y",
-                    format!("labels must be I64 or I32, found {other:?}"),
-                ));
+                return Err(Error::tensor(path, "y", TensorError::LabelDtype(other)));
             }
         };
         if y.len() != x.nrows() {
             return Err(Error::tensor(
                 path,
                 "y",
-                format!("has {} labels for {} rows of `x`", y.len(), x.nrows()),
+                TensorError::LabelCount {
+                    labels: y.len(),
+                    rows: x.nrows(),
+                },
             ));
         }
         let y = y
             .into_iter()
             .map(|v| {
                 usize::try_from(v)
-                    .map_err(|_| Error::tensor(path, "y", format!("negative label {v}")))
+                    .map_err(|_| Error::tensor(path, "y", TensorError::NegativeLabel(v)))
             })
             .collect::<Result<_>>()?;
         Ok(Self { x, y })
@@ -105,17 +104,17 @@ impl MlpLayout {
         for w in weights {
             let shape = src.shape(&w)?;
             if shape.len() != 2 {
-                return Err(Error::Invalid(format!(
-                    "tensor `{w}` is not a Linear weight [out, in]; the evaluator handles Linear/ReLU chains only"
-                )));
+                return Err(ModelError::NotLinear(w).into());
             }
             if let Some(p) = prev_out
                 && shape[1] != p
             {
-                return Err(Error::Invalid(format!(
-                    "tensor `{w}` has {} inputs but the previous layer has {p} outputs",
-                    shape[1]
-                )));
+                return Err(ModelError::Chain {
+                    tensor: w,
+                    inputs: shape[1],
+                    outputs: p,
+                }
+                .into());
             }
             prev_out = Some(shape[0]);
             let bias = w
@@ -129,10 +128,7 @@ impl MlpLayout {
             .map(|(_, b)| 1 + usize::from(b.is_some()))
             .sum();
         if layers.is_empty() || used != names.len() {
-            return Err(Error::Invalid(
-                "not a Linear/ReLU chain: found tensors other than Linear weights and biases"
-                    .into(),
-            ));
+            return Err(ModelError::NotAChain.into());
         }
         Ok(Self { layers })
     }
@@ -148,13 +144,13 @@ impl WeightSource for InMemory {
         self.tensors
             .get(name)
             .map(|t| t.0.clone())
-            .ok_or_else(|| Error::Invalid(format!("no tensor `{name}`")))
+            .ok_or_else(|| ModelError::NoTensor(name.to_string()).into())
     }
     fn read(&self, name: &str) -> Result<Vec<f32>> {
         self.tensors
             .get(name)
             .map(|t| t.1.clone())
-            .ok_or_else(|| Error::Invalid(format!("no tensor `{name}`")))
+            .ok_or_else(|| ModelError::NoTensor(name.to_string()).into())
     }
     fn float_names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
@@ -190,15 +186,15 @@ pub fn forward(
     for (k, (w, b)) in layout.layers.iter().enumerate() {
         let shape = model.shape(w)?;
         if k == 0 && shape[1] != h.ncols() {
-            return Err(Error::Invalid(format!(
-                "`{w}` expects {} inputs but the data has {} features",
-                shape[1],
-                h.ncols()
-            )));
+            return Err(ModelError::Features {
+                tensor: w.clone(),
+                expects: shape[1],
+                features: h.ncols(),
+            }
+            .into());
         }
         let wv = model.read(w)?;
-        let wm = ArrayView2::from_shape((shape[0], shape[1]), &wv)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let wm = ArrayView2::from_shape((shape[0], shape[1]), &wv).map_err(ModelError::Shape)?;
         let mut z = h.dot(&wm.t());
         if let Some(b) = b {
             let bv = model.read(b)?;
@@ -226,9 +222,7 @@ pub fn evaluate(
     let mut correct = 0usize;
     for (row, &y) in h.axis_iter(Axis(0)).zip(&data.y) {
         if y >= classes {
-            return Err(Error::Invalid(format!(
-                "label {y} out of range for {classes} outputs"
-            )));
+            return Err(ModelError::Label { label: y, classes }.into());
         }
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
         let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
@@ -276,7 +270,7 @@ pub fn barrier(
     steps: usize,
 ) -> Result<Barrier> {
     if steps < 2 {
-        return Err(Error::Invalid("--steps must be at least 2".into()));
+        return Err(UsageError::PathPoints(steps).into());
     }
     let layout = MlpLayout::infer(a)?;
     let mut path = Vec::with_capacity(steps);

@@ -132,7 +132,7 @@ fn a_directory_with_two_safetensors_files_and_no_index_is_an_error_asking_to_nam
     let dir = tempfile::tempdir().unwrap();
     copy_fixture("a_f16.safetensors", dir.path(), "x.safetensors");
     copy_fixture("b_f16.safetensors", dir.path(), "y.safetensors");
-    let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
+    let err = Checkpoint::open(dir.path()).unwrap_err().one_line();
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
     assert!(err.contains("name the file to use"), "{err}");
 }
@@ -141,7 +141,7 @@ fn a_directory_with_two_safetensors_files_and_no_index_is_an_error_asking_to_nam
 fn a_directory_without_weights_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("config.json"), "{}").unwrap();
-    let err = Checkpoint::open(dir.path()).unwrap_err().to_string();
+    let err = Checkpoint::open(dir.path()).unwrap_err().one_line();
     assert!(err.starts_with(&dir.path().display().to_string()), "{err}");
 }
 
@@ -149,7 +149,7 @@ fn a_directory_without_weights_is_an_error_naming_it() {
 fn requiring_a_missing_tensor_names_the_file_and_the_tensor() {
     let path = fixture("a_f32.safetensors");
     let ckpt = Checkpoint::open(&path).unwrap();
-    let err = ckpt.require("nope.weight").unwrap_err().to_string();
+    let err = ckpt.require("nope.weight").unwrap_err().one_line();
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains("`nope.weight`"), "{err}");
 }
@@ -158,7 +158,7 @@ fn requiring_a_missing_tensor_names_the_file_and_the_tensor() {
 fn reading_an_integer_tensor_as_f32_is_an_error_naming_the_tensor() {
     let ckpt = Checkpoint::open(fixture("a_f32.safetensors")).unwrap();
     let t = ckpt.get("embeddings.position_ids").unwrap();
-    let err = ckpt.read_f32(t).unwrap_err().to_string();
+    let err = ckpt.read_f32(t).unwrap_err().one_line();
     assert!(err.contains("`embeddings.position_ids`"), "{err}");
 }
 
@@ -179,7 +179,7 @@ fn an_index_whose_shard_name_leaves_the_directory_is_refused() {
         serde_json::json!({"weight_map": map}).to_string(),
     )
     .unwrap();
-    let err = Checkpoint::open(&sub).unwrap_err().to_string();
+    let err = Checkpoint::open(&sub).unwrap_err().one_line();
     assert!(err.contains("../a.safetensors"), "{err}");
 }
 
@@ -192,7 +192,7 @@ fn an_index_listing_a_tensor_no_shard_holds_is_refused_naming_it() {
         serde_json::from_str(&fs::read_to_string(&index).unwrap()).unwrap();
     j["weight_map"]["ghost.weight"] = "model-00001-of-00002.safetensors".into();
     fs::write(&index, j.to_string()).unwrap();
-    let err = Checkpoint::open(&m).unwrap_err().to_string();
+    let err = Checkpoint::open(&m).unwrap_err().one_line();
     assert!(err.contains("`ghost.weight`"), "{err}");
     assert!(err.contains("model.safetensors.index.json"), "{err}");
 }
@@ -206,7 +206,7 @@ fn an_index_missing_a_tensor_that_a_shard_holds_is_refused_naming_it() {
         serde_json::from_str(&fs::read_to_string(&index).unwrap()).unwrap();
     j["weight_map"].as_object_mut().unwrap().remove("mask");
     fs::write(&index, j.to_string()).unwrap();
-    let err = Checkpoint::open(&m).unwrap_err().to_string();
+    let err = Checkpoint::open(&m).unwrap_err().one_line();
     assert!(err.contains("`mask`"), "{err}");
 }
 
@@ -219,7 +219,7 @@ fn an_index_mapping_a_tensor_to_the_wrong_shard_is_refused_naming_both() {
         serde_json::from_str(&fs::read_to_string(&index).unwrap()).unwrap();
     j["weight_map"]["mask"] = "model-00001-of-00002.safetensors".into();
     fs::write(&index, j.to_string()).unwrap();
-    let err = Checkpoint::open(&m).unwrap_err().to_string();
+    let err = Checkpoint::open(&m).unwrap_err().one_line();
     assert!(err.contains("`mask`"), "{err}");
     assert!(err.contains("model-00001-of-00002.safetensors"), "{err}");
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");

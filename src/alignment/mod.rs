@@ -31,7 +31,7 @@ pub mod step;
 
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, UsageError};
 use crate::observe::{Event, Observer, Phase};
 use crate::permute::{GroupPerms, ModelPermutation};
 use crate::spec::PermutationSpec;
@@ -176,11 +176,11 @@ fn initial_perms(spec: &PermutationSpec, opts: &AlignOptions) -> Result<GroupPer
         None => spec.identity(),
     };
     if perms.len() != spec.groups.len() {
-        return Err(Error::Invalid(format!(
-            "{} initial permutations for {} groups",
-            perms.len(),
-            spec.groups.len()
-        )));
+        return Err(UsageError::InitialPermutations {
+            given: perms.len(),
+            groups: spec.groups.len(),
+        }
+        .into());
     }
     Ok(perms)
 }

@@ -63,7 +63,7 @@
 mod lap;
 mod warm;
 
-use crate::error::{Error, Result};
+use crate::error::{AssignmentError, Error, Result};
 use lap::Lap;
 
 /// Number of augmenting-row-reduction passes of the cold start. JV (1987,
@@ -200,9 +200,9 @@ fn solve<const MAX: bool>(
     warm: Option<&[usize]>,
     group: &str,
 ) -> Result<(Assignment, SolveStats)> {
-    let fail = |reason: String| Error::Assignment {
+    let fail = |source: AssignmentError| Error::Assignment {
         group: group.to_string(),
-        reason,
+        source,
     };
     validate(matrix, n, warm).map_err(fail)?;
     let mut stats = SolveStats::default();
@@ -221,37 +221,34 @@ fn solve<const MAX: bool>(
     Ok((Assignment { perm, score }, stats))
 }
 
-/// Checks the shape, the hint and the values; returns a lowercase reason.
-fn validate(matrix: &[f64], n: usize, warm: Option<&[usize]>) -> std::result::Result<(), String> {
-    let expected = n
-        .checked_mul(n)
-        .ok_or_else(|| format!("matrix size {n}×{n} overflows"))?;
+/// Checks the shape, the hint and the values.
+fn validate(matrix: &[f64], n: usize, warm: Option<&[usize]>) -> Result<(), AssignmentError> {
+    let expected = n.checked_mul(n).ok_or(AssignmentError::Overflow { n })?;
     if matrix.len() != expected {
-        return Err(format!(
-            "score matrix has {} entries, expected {n}×{n} = {expected}",
-            matrix.len()
-        ));
+        return Err(AssignmentError::Length {
+            len: matrix.len(),
+            n,
+        });
     }
     if let Some(hint) = warm {
         if hint.len() != n {
-            return Err(format!(
-                "warm-start permutation has length {}, expected {n}",
-                hint.len()
-            ));
+            return Err(AssignmentError::HintLength { len: hint.len(), n });
         }
         let mut seen = vec![false; n];
         for (i, &j) in hint.iter().enumerate() {
             if j >= n {
-                return Err(format!(
-                    "warm-start permutation is not a permutation of 0..{n}: \
-                     entry {i} is {j}"
-                ));
+                return Err(AssignmentError::HintRange {
+                    n,
+                    entry: i,
+                    column: j,
+                });
             }
             if std::mem::replace(&mut seen[j], true) {
-                return Err(format!(
-                    "warm-start permutation is not a permutation of 0..{n}: \
-                     column {j} appears twice (again at entry {i})"
-                ));
+                return Err(AssignmentError::HintRepeat {
+                    n,
+                    column: j,
+                    entry: i,
+                });
             }
         }
     }
@@ -267,23 +264,24 @@ fn validate(matrix: &[f64], n: usize, warm: Option<&[usize]>) -> std::result::Re
     let non_finite = matrix.iter().filter(|s| !s.is_finite()).count();
     if non_finite > 0 {
         let first = matrix.iter().position(|s| !s.is_finite()).unwrap_or(0);
-        let (r, c) = position(first);
-        return Err(format!(
-            "score matrix has {non_finite} non-finite {} (first at row {r}, column {c}: {})",
-            if non_finite == 1 { "entry" } else { "entries" },
-            matrix[first]
-        ));
+        let (row, column) = position(first);
+        return Err(AssignmentError::NonFinite {
+            count: non_finite,
+            row,
+            column,
+            value: matrix[first],
+        });
     }
     let first = matrix
         .iter()
         .position(|s| s.abs() > MAX_ABS_SCORE)
         .unwrap_or(0);
-    let (r, c) = position(first);
-    Err(format!(
-        "score matrix has an entry of magnitude above {MAX_ABS_SCORE:e} \
-         (row {r}, column {c}: {:e}); rescale the scores",
-        matrix[first]
-    ))
+    let (row, column) = position(first);
+    Err(AssignmentError::TooLarge {
+        row,
+        column,
+        value: matrix[first],
+    })
 }
 #[cfg(test)]
 mod tests;

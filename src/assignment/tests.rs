@@ -258,7 +258,7 @@ fn constant_rows_of_different_values_are_placed_optimally() {
 fn rejects_a_nan_with_its_position() {
     let mut s = vec![0.5; 16];
     s[2 * 4 + 3] = f64::NAN;
-    let err = maximize(&s, 4, None, "layer1.mlp").unwrap_err().to_string();
+    let err = maximize(&s, 4, None, "layer1.mlp").unwrap_err().one_line();
     assert_eq!(
         err,
         "assignment problem for group `layer1.mlp`: score matrix has 1 non-finite \
@@ -274,12 +274,12 @@ fn rejects_infinities_and_counts_them() {
     s[21] = f64::NAN;
     let err = maximize(&s, 5, Some(&[0, 1, 2, 3, 4]), "g")
         .unwrap_err()
-        .to_string();
+        .one_line();
     assert!(
         err.contains("score matrix has 3 non-finite entries (first at row 1, column 2: inf)"),
         "{err}"
     );
-    let err = minimize(&s, 5, None, "g").unwrap_err().to_string();
+    let err = minimize(&s, 5, None, "g").unwrap_err().one_line();
     assert!(err.contains("3 non-finite entries"), "{err}");
 }
 
@@ -290,14 +290,14 @@ fn rejects_scores_too_large_to_add_safely() {
     let err = maximize(&s, 3, None, "g").unwrap_err();
     assert!(matches!(err, Error::Assignment { .. }));
     assert!(
-        err.to_string().contains("(row 1, column 1: -1e200)"),
+        err.one_line().contains("(row 1, column 1: -1e200)"),
         "{err}"
     );
 }
 
 #[test]
 fn rejects_scores_of_the_wrong_length() {
-    let err = maximize(&[1.0; 8], 3, None, "g").unwrap_err().to_string();
+    let err = maximize(&[1.0; 8], 3, None, "g").unwrap_err().one_line();
     assert_eq!(
         err,
         "assignment problem for group `g`: score matrix has 8 entries, expected 3×3 = 9"
@@ -316,7 +316,7 @@ fn rejects_a_warm_hint_that_is_not_a_permutation() {
     for (hint, reason) in cases {
         let err = maximize(&s, 3, Some(hint), "g").unwrap_err();
         assert!(matches!(err, Error::Assignment { .. }));
-        assert!(err.to_string().contains(reason), "{err}");
+        assert!(err.one_line().contains(reason), "{err}");
     }
 }
 

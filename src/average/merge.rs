@@ -9,7 +9,7 @@ use super::chunk::{average_chunk_f32, average_chunk_f64};
 use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Plan};
 use crate::checkpoint::dtype;
 use crate::checkpoint::stream::{ChunkSink, Chunks, TensorSource};
-use crate::error::{Error, Result};
+use crate::error::{Error, MismatchError, Result, TensorError};
 use crate::observe::{Event, Observer, Phase};
 use crate::write::CheckpointWriter;
 
@@ -132,7 +132,7 @@ pub fn run(
                             return Err(Error::tensor(
                                 &nf.path,
                                 &nf.tensor,
-                                format!("{} NaN/Inf value(s) (--strict)", nf.count),
+                                TensorError::NonFinite { count: nf.count },
                             ));
                         }
                         nonfinite.push(nf);
@@ -167,16 +167,16 @@ fn check_identical(sources: &[TensorSource]) -> Result<()> {
     let a = sources[0].fetch(0..numel, &mut s0);
     for s in &sources[1..] {
         if s.fetch(0..numel, &mut s1) != a {
-            return Err(Error::Mismatch(format!(
-                "{:?} tensor `{}` differs between `{}` and `{}`; integer and bool tensors must be identical to be merged",
-                s.dtype(),
-                s.info().name,
-                sources[0]
+            return Err(MismatchError::ExactDiffers {
+                dtype: s.dtype(),
+                tensor: s.info().name.clone(),
+                a: sources[0]
                     .checkpoint()
                     .shard_path(sources[0].info())
-                    .display(),
-                s.checkpoint().shard_path(s.info()).display()
-            )));
+                    .to_path_buf(),
+                b: s.checkpoint().shard_path(s.info()).to_path_buf(),
+            }
+            .into());
         }
     }
     Ok(())

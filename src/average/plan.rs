@@ -7,16 +7,13 @@ use safetensors::Dtype;
 
 use super::{Accumulation, Action, MergeInput, MergeOptions, Plan, PlannedTensor};
 use crate::checkpoint::dtype::{self, Kind};
-use crate::error::{Error, Result};
+use crate::error::{MismatchError, Result, UsageError, WeightsError};
 use crate::write::TensorPlan;
 
 /// Validates the inputs against each other and plans every output tensor, in
 /// the first input's storage order.
 pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
-    let first = inputs
-        .first()
-        .ok_or_else(|| Error::Invalid("no inputs to merge".into()))?
-        .checkpoint;
+    let first = inputs.first().ok_or(UsageError::NoInputs)?.checkpoint;
     validate_weights(&opts.weights, inputs.len())?;
     check_same_names(inputs)?;
     let mut warnings = Vec::new();
@@ -27,27 +24,27 @@ pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
             let c = inp.checkpoint;
             let u = c.require(&t.name)?;
             if u.shape != t.shape {
-                return Err(Error::Mismatch(format!(
-                    "tensor `{}` has shape {:?} in `{}` but {:?} in `{}`",
-                    t.name,
-                    t.shape,
-                    first.shard_path(t).display(),
-                    u.shape,
-                    c.shard_path(u).display()
-                )));
+                return Err(MismatchError::Shape {
+                    tensor: t.name.clone(),
+                    a: first.shard_path(t).to_path_buf(),
+                    a_shape: t.shape.clone(),
+                    b: c.shard_path(u).to_path_buf(),
+                    b_shape: u.shape.clone(),
+                }
+                .into());
             }
             let k = dtype::kind(u.dtype);
             let both_float = matches!(kind0, Kind::Float | Kind::Double)
                 && matches!(k, Kind::Float | Kind::Double);
             if !both_float && u.dtype != t.dtype {
-                return Err(Error::Mismatch(format!(
-                    "tensor `{}` is {:?} in `{}` but {:?} in `{}`",
-                    t.name,
-                    t.dtype,
-                    first.shard_path(t).display(),
-                    u.dtype,
-                    c.shard_path(u).display()
-                )));
+                return Err(MismatchError::Dtype {
+                    tensor: t.name.clone(),
+                    a: first.shard_path(t).to_path_buf(),
+                    a_dtype: t.dtype,
+                    b: c.shard_path(u).to_path_buf(),
+                    b_dtype: u.dtype,
+                }
+                .into());
             }
         }
         let (out_dtype, action) = match kind0 {
@@ -96,24 +93,28 @@ pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
 /// Checks that weights are as many as inputs, finite, and do not sum to zero.
 pub fn validate_weights(weights: &[f64], inputs: usize) -> Result<()> {
     if weights.len() != inputs {
-        return Err(Error::Invalid(format!(
-            "{} weights given for {} inputs",
-            weights.len(),
-            inputs
-        )));
+        return Err(WeightsError::Count {
+            weights: weights.len(),
+            inputs,
+        }
+        .into());
     }
-    if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
-        return Err(Error::Invalid(format!(
-            "weight {} is {w}; weights must be finite",
-            i + 1
-        )));
+    if let Some((i, &w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
+        return Err(WeightsError::NotFinite {
+            position: i + 1,
+            value: w,
+        }
+        .into());
     }
     let sum: f64 = weights.iter().sum();
     if sum == 0.0 || (sum as f32) == 0.0 {
-        return Err(Error::Invalid("weights sum to zero".into()));
+        return Err(WeightsError::SumZero.into());
     }
     Ok(())
 }
+
+/// How many names of a missing or extra set an error lists.
+const SHOWN: usize = 5;
 
 fn check_same_names(inputs: &[MergeInput]) -> Result<()> {
     let first = inputs[0].checkpoint;
@@ -124,38 +125,17 @@ fn check_same_names(inputs: &[MergeInput]) -> Result<()> {
         if names != names0 {
             let missing: Vec<&str> = names0.difference(&names).copied().collect();
             let extra: Vec<&str> = names.difference(&names0).copied().collect();
-            let mut parts = Vec::new();
-            if !missing.is_empty() {
-                parts.push(format!(
-                    "lacks {} of `{}`'s tensors ({})",
-                    missing.len(),
-                    first.source().display(),
-                    first_few(&missing)
-                ));
+            let shown = |v: &[&str]| v.iter().take(SHOWN).map(|n| n.to_string()).collect();
+            return Err(MismatchError::Tensors {
+                input: c.source().to_path_buf(),
+                first: first.source().to_path_buf(),
+                missing: missing.len(),
+                missing_shown: shown(&missing),
+                extra: extra.len(),
+                extra_shown: shown(&extra),
             }
-            if !extra.is_empty() {
-                parts.push(format!(
-                    "has {} tensor(s) `{}` lacks ({})",
-                    extra.len(),
-                    first.source().display(),
-                    first_few(&extra)
-                ));
-            }
-            return Err(Error::Mismatch(format!(
-                "`{}` {}",
-                c.source().display(),
-                parts.join(" and ")
-            )));
+            .into());
         }
     }
     Ok(())
-}
-
-fn first_few(names: &[&str]) -> String {
-    const SHOWN: usize = 5;
-    let mut s: Vec<String> = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect();
-    if names.len() > SHOWN {
-        s.push(format!("… {} more", names.len() - SHOWN));
-    }
-    s.join(", ")
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::checkpoint::dtype;
 use crate::checkpoint::stream::{ChunkSink, Chunks, MergeInput, SUB_ELEMS, TensorSource};
-use crate::error::{Error, Result};
+use crate::error::{MismatchError, Result, UsageError};
 use crate::observe::{Event, Observer, Phase};
 
 /// Independent f64 accumulators in [`PairSums::of`]: 8 lanes fill two AVX2
@@ -242,15 +242,12 @@ pub fn stream_sums(
     pairs: &[(usize, usize)],
     observer: &dyn Observer,
 ) -> Result<Vec<TensorSums>> {
-    let first = inputs
-        .first()
-        .ok_or_else(|| Error::Invalid("no inputs to check".into()))?
-        .checkpoint;
+    let first = inputs.first().ok_or(UsageError::NothingToCheck)?.checkpoint;
     let mut used: Vec<usize> = pairs.iter().flat_map(|&(i, j)| [i, j]).collect();
     used.sort_unstable();
     used.dedup();
     if let Some(&bad) = used.iter().find(|&&i| i >= inputs.len()) {
-        return Err(Error::Invalid(format!("no input {bad} to check")));
+        return Err(UsageError::NoSuchInput(bad).into());
     }
     // The pass streams only the inputs the pairs use: pairs over their slots.
     let slot = |i: usize| used.iter().position(|&u| u == i).expect("used input");
@@ -269,16 +266,16 @@ pub fn stream_sums(
                 let inp = &inputs[i];
                 let info = inp.checkpoint.require(&t.name)?;
                 if info.shape != t.shape || !dtype::is_float(info.dtype) {
-                    return Err(Error::Mismatch(format!(
-                        "tensor `{}` is {:?} {:?} in `{}` but {:?} {:?} in `{}`",
-                        t.name,
-                        t.dtype,
-                        t.shape,
-                        first.source().display(),
-                        info.dtype,
-                        info.shape,
-                        inp.checkpoint.source().display()
-                    )));
+                    return Err(MismatchError::NotComparable {
+                        tensor: t.name.clone(),
+                        a: first.source().to_path_buf(),
+                        a_dtype: t.dtype,
+                        a_shape: t.shape.clone(),
+                        b: inp.checkpoint.source().to_path_buf(),
+                        b_dtype: info.dtype,
+                        b_shape: info.shape.clone(),
+                    }
+                    .into());
                 }
                 inp.source(&t.name)
             })

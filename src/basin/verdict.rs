@@ -31,6 +31,10 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// The reason that advises aligning B before averaging (a front end may
+/// name its own way of doing that).
+pub const ALIGN_ADVICE: &str = "B is a permuted copy in another basin: align it before averaging";
+
 /// A verdict with its reasons in words.
 #[derive(Clone, Debug, Serialize)]
 pub struct Assessment {
@@ -177,7 +181,7 @@ pub fn assess(d: &Diagnostics, groups: Option<&[GroupDiagnostics]>, th: &Thresho
     let max_churn = groups.iter().filter_map(|g| g.churn).fold(0.0f64, f64::max);
     let verdict = if !permuted.is_empty() {
         let mut r: Vec<String> = permuted.iter().map(|g| describe(g)).collect();
-        r.push("B is a permuted copy in another basin: align it (--align) before averaging".into());
+        r.push(ALIGN_ADVICE.into());
         // Keep the data-free facts (shrink factor) after the matching ones.
         r.extend(
             reasons

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, IndexError, Result, TensorError};
 use crate::sys::mmap::MappedFile;
 
 /// Name of the single-file weights in a Hugging Face model directory.
@@ -89,11 +89,10 @@ impl Checkpoint {
                 ([], [one]) => Self::open_files(path, vec![one.clone()], Some(path.to_path_buf())),
                 _ => Err(Error::Format {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "directory has no {MODEL_FILE} or {INDEX_FILE} and {} index file(s), {} safetensors file(s); name the file to use",
-                        indexes.len(),
-                        files.len()
-                    ),
+                    source: FormatError::NoWeights {
+                        indexes: indexes.len(),
+                        files: files.len(),
+                    },
                 }),
             };
         }
@@ -113,20 +112,18 @@ impl Checkpoint {
     }
 
     fn open_index(source: &Path, index: &Path, model_dir: Option<PathBuf>) -> Result<Self> {
+        let fail = |source: IndexError| Error::Index {
+            path: index.to_path_buf(),
+            source,
+        };
         let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-        let parsed: IndexFile = serde_json::from_str(&text).map_err(|e| Error::Index {
-            path: index.to_path_buf(),
-            reason: format!("not valid index JSON: {e}"),
-        })?;
-        let weight_map = parsed.weight_map.ok_or_else(|| Error::Index {
-            path: index.to_path_buf(),
-            reason: "missing `weight_map`".into(),
-        })?;
+        let parsed: IndexFile =
+            serde_json::from_str(&text).map_err(|e| fail(IndexError::Json(e)))?;
+        let weight_map = parsed
+            .weight_map
+            .ok_or_else(|| fail(IndexError::NoWeightMap))?;
         if weight_map.is_empty() {
-            return Err(Error::Index {
-                path: index.to_path_buf(),
-                reason: "`weight_map` is empty".into(),
-            });
+            return Err(fail(IndexError::EmptyWeightMap));
         }
         let base = index.parent().unwrap_or(Path::new("."));
         let mut shard_names: Vec<&String> = weight_map.values().collect();
@@ -135,19 +132,13 @@ impl Checkpoint {
         let mut files = Vec::with_capacity(shard_names.len());
         for name in &shard_names {
             if name.contains('/') || name.contains('\\') || name.as_str() == ".." {
-                return Err(Error::Index {
-                    path: index.to_path_buf(),
-                    reason: format!(
-                        "shard name `{name}` must be a file name in the index's directory"
-                    ),
-                });
+                return Err(fail(IndexError::ShardName {
+                    name: name.to_string(),
+                }));
             }
             let shard = base.join(name);
             if !shard.is_file() {
-                return Err(Error::Index {
-                    path: index.to_path_buf(),
-                    reason: format!("shard `{}` does not exist", shard.display()),
-                });
+                return Err(fail(IndexError::MissingShard { shard }));
             }
             files.push(shard);
         }
@@ -157,12 +148,10 @@ impl Checkpoint {
         for (tensor, shard_name) in &weight_map {
             match ckpt.by_name.get(tensor) {
                 None => {
-                    return Err(Error::Index {
-                        path: index.to_path_buf(),
-                        reason: format!(
-                            "tensor `{tensor}` is mapped to `{shard_name}` but no shard contains it"
-                        ),
-                    });
+                    return Err(fail(IndexError::NotInShards {
+                        tensor: tensor.clone(),
+                        shard: shard_name.clone(),
+                    }));
                 }
                 Some(&i) => {
                     let actual = ckpt.shard_path(&ckpt.tensors[i]);
@@ -171,13 +160,11 @@ impl Checkpoint {
                         .map(|f| f.to_string_lossy() != shard_name.as_str())
                         .unwrap_or(true)
                     {
-                        return Err(Error::Index {
-                            path: index.to_path_buf(),
-                            reason: format!(
-                                "tensor `{tensor}` is mapped to `{shard_name}` but stored in `{}`",
-                                actual.display()
-                            ),
-                        });
+                        return Err(fail(IndexError::WrongShard {
+                            tensor: tensor.clone(),
+                            shard: shard_name.clone(),
+                            actual: actual.to_path_buf(),
+                        }));
                     }
                 }
             }
@@ -187,14 +174,10 @@ impl Checkpoint {
             .iter()
             .find(|t| !weight_map.contains_key(&t.name))
         {
-            return Err(Error::Index {
-                path: index.to_path_buf(),
-                reason: format!(
-                    "tensor `{}` in shard `{}` is not listed in `weight_map`",
-                    t.name,
-                    ckpt.shard_path(t).display()
-                ),
-            });
+            return Err(fail(IndexError::Unlisted {
+                tensor: t.name.clone(),
+                shard: ckpt.shard_path(t).to_path_buf(),
+            }));
         }
         Ok(ckpt)
     }
@@ -226,11 +209,11 @@ impl Checkpoint {
                     let other: &TensorInfo = &tensors[prev];
                     return Err(Error::Index {
                         path: source.to_path_buf(),
-                        reason: format!(
-                            "tensor `{name}` is present in two shards: `{}` and `{}`",
-                            files[other.shard].display(),
-                            file.display()
-                        ),
+                        source: IndexError::TwoShards {
+                            tensor: name,
+                            first: files[other.shard].clone(),
+                            second: file.clone(),
+                        },
                     });
                 }
                 by_name.insert(name.clone(), tensors.len());
@@ -279,7 +262,7 @@ impl Checkpoint {
     /// Looks a tensor up by name, or fails naming the checkpoint.
     pub fn require(&self, name: &str) -> Result<&TensorInfo> {
         self.get(name)
-            .ok_or_else(|| Error::tensor(&self.source, name, "no such tensor"))
+            .ok_or_else(|| Error::tensor(&self.source, name, TensorError::Missing))
     }
 
     /// `__metadata__` of the (first) file.
@@ -324,7 +307,7 @@ impl Checkpoint {
             return Err(Error::tensor(
                 self.shard_path(t),
                 &t.name,
-                format!("expected a float tensor, found {:?}", t.dtype),
+                TensorError::NotFloat(t.dtype),
             ));
         }
         let mut out = vec![0f32; t.numel()];
@@ -344,33 +327,28 @@ impl Checkpoint {
 }
 
 fn parse_header(path: &Path, bytes: &[u8]) -> Result<(usize, safetensors::tensor::Metadata)> {
-    let fail = |reason: String| Error::Format {
+    let fail = |source: FormatError| Error::Format {
         path: path.to_path_buf(),
-        reason,
+        source,
     };
     if bytes.len() < 8 {
-        return Err(fail(format!(
-            "file is {} bytes, shorter than the 8-byte header length",
-            bytes.len()
-        )));
+        return Err(fail(FormatError::TooShort { len: bytes.len() }));
     }
     let declared = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     if declared > (bytes.len() as u64).saturating_sub(8) {
-        return Err(fail(format!(
-            "header length {declared} exceeds the file size {} (truncated or not safetensors)",
-            bytes.len()
-        )));
+        return Err(fail(FormatError::HeaderBeyondEnd {
+            declared,
+            len: bytes.len(),
+        }));
     }
     SafeTensors::read_metadata(bytes).map_err(|e| {
         use safetensors::SafeTensorError as E;
         fail(match e {
-            E::MetadataIncompleteBuffer => {
-                "tensor data does not match the file size (truncated or padded file)".into()
-            }
-            E::InvalidHeaderDeserialization(j) => format!("header is not valid JSON: {j}"),
-            E::InvalidHeader(u) => format!("header is not UTF-8: {u}"),
-            E::HeaderTooLarge => "header is larger than the 100 MB limit".into(),
-            other => other.to_string().to_lowercase(),
+            E::MetadataIncompleteBuffer => FormatError::DataSize,
+            E::InvalidHeaderDeserialization(j) => FormatError::HeaderJson(j),
+            E::InvalidHeader(u) => FormatError::HeaderUtf8(u),
+            E::HeaderTooLarge => FormatError::HeaderTooLarge,
+            other => FormatError::Rejected(other.to_string().to_lowercase()),
         })
     })
 }

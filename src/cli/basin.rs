@@ -139,7 +139,7 @@ fn print_json(a: &BasinArgs, c: &Comparison, th: &Thresholds, code: u8, start: I
         "verdict": c.assessment.verdict,
         "data_free_verdict": c.assessment.data_free,
         "exit_code": code,
-        "reasons": c.assessment.reasons,
+        "reasons": super::hints::reasons(&c.assessment.reasons),
         "summary": shown.summary,
         "tensors": shown.tensors,
         "groups": c.groups,
@@ -256,7 +256,7 @@ fn print_groups(groups: &[GroupDiagnostics]) {
 
 fn print_verdict(x: &Assessment) {
     println!("verdict: {}", x.verdict);
-    for r in &x.reasons {
+    for r in super::hints::reasons(&x.reasons) {
         println!("  - {r}");
     }
 }

@@ -100,6 +100,11 @@ fn usage(kind: ErrorKind, msg: impl std::fmt::Display) -> clap::Error {
     Cli::command().error(kind, msg)
 }
 
+/// A usage error about values that do not fit together (exit 2).
+pub fn usage_error(msg: impl std::fmt::Display) -> clap::Error {
+    usage(ErrorKind::ValueValidation, msg)
+}
+
 impl FloatDtype {
     pub fn dtype(self) -> Dtype {
         match self {

@@ -86,7 +86,7 @@ impl Console {
         let after = if gate.aligned { " after alignment" } else { "" };
         let (i, j) = pair;
         let pair = format!("{} vs {}", gate.labels[j], gate.labels[i]);
-        let reasons = x.reasons.join("; ");
+        let reasons = super::hints::reasons(&x.reasons).join("; ");
         match x.verdict {
             Verdict::Disconnected if gate.strict => {}
             Verdict::Disconnected => warn(&format!(
@@ -191,7 +191,7 @@ pub fn refusal(pairs: &[RefusedPair], gate: &GateText) -> std::process::ExitCode
             "polymerge: error: basin check{after}: {} vs {}: disconnected: {}; {}",
             gate.labels[j],
             gate.labels[i],
-            p.assessment.reasons.join("; "),
+            super::hints::reasons(&p.assessment.reasons).join("; "),
             advice(gate.aligned)
         );
     }

@@ -19,6 +19,16 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         output.refuse_existing()?;
     }
     let explicit = a.steps.as_ref().map(|s| s.0.as_slice());
+    if let Some(steps) = explicit
+        && steps.len() != a.inputs.len()
+    {
+        super::config::usage_error(format!(
+            "--steps has {} values for {} checkpoints",
+            steps.len(),
+            a.inputs.len()
+        ))
+        .exit();
+    }
     let ckpts: Vec<Checkpoint> = a
         .inputs
         .iter()

@@ -10,6 +10,7 @@ mod basin;
 mod config;
 mod console;
 mod ema;
+mod hints;
 mod inspect;
 mod output;
 
@@ -35,23 +36,31 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Renders an error and its causes as one line (`outer: inner: …`).
+/// Renders an error and its causes as one line (`outer: inner: …`), with
+/// the flag hint that helps, if any.
 pub fn one_line(err: &anyhow::Error) -> String {
-    let mut parts = Vec::new();
-    for cause in err.chain() {
-        parts.push(cause.to_string());
-    }
-    parts.join(": ").replace('\n', " ")
+    render(err.chain())
 }
 
 /// [`one_line`] for a library error.
 pub fn error_line(err: &polymerge::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
+    let first: &(dyn std::error::Error + 'static) = err;
+    render(std::iter::successors(Some(first), |e| e.source()))
+}
+
+fn render<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+    let mut parts = Vec::new();
+    let mut hint = None;
+    let mut under_io = false;
+    for cause in chain {
+        let lib = cause.downcast_ref::<polymerge::Error>();
+        let text = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) if under_io => polymerge::error::lowercase_io(io),
+            _ => cause.to_string(),
+        };
+        parts.push(text);
+        under_io = matches!(lib, Some(polymerge::Error::Io { .. }));
+        hint = hint.or_else(|| lib.and_then(hints::flag_hint));
     }
-    line.replace('\n', " ")
+    (parts.join(": ") + hint.unwrap_or("")).replace('\n', " ")
 }

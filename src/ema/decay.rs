@@ -3,8 +3,7 @@
 
 use std::fmt;
 
-use super::invalid;
-use crate::error::Result;
+use crate::error::{EmaError, Result};
 
 // ---------------------------------------------------------------------------
 // Decay, half-life, tau
@@ -25,14 +24,7 @@ impl Decay {
     /// one (use that file directly).
     pub fn from_beta(beta: f64) -> Result<Decay> {
         if !beta.is_finite() || beta <= 0.0 || beta >= 1.0 {
-            let why = if beta >= 1.0 {
-                ": β = 1 never moves the average off the first checkpoint"
-            } else if beta == 0.0 {
-                ": β = 0 keeps only the last checkpoint (use it directly)"
-            } else {
-                ""
-            };
-            return Err(invalid(format!("decay must be in (0, 1), got {beta}{why}")));
+            return Err(EmaError::Decay(beta).into());
         }
         // Exact for β ≥ 0.5 (Sterbenz), within one rounding otherwise.
         Ok(Decay { tau: 1.0 - beta })
@@ -41,14 +33,7 @@ impl Decay {
     /// `--tau τ` (reinforcement-learning naming, soft target updates): `β = 1 − τ`.
     pub fn from_tau(tau: f64) -> Result<Decay> {
         if !tau.is_finite() || tau <= 0.0 || tau >= 1.0 {
-            let why = if tau <= 0.0 && tau.is_finite() {
-                ": τ = 0 never moves the average off the first checkpoint"
-            } else if tau == 1.0 {
-                ": τ = 1 keeps only the last checkpoint (use it directly)"
-            } else {
-                ""
-            };
-            return Err(invalid(format!("tau must be in (0, 1), got {tau}{why}")));
+            return Err(EmaError::Tau(tau).into());
         }
         Ok(Decay { tau })
     }
@@ -57,15 +42,11 @@ impl Decay {
     /// `h` steps back is half that of the newest one.
     pub fn from_half_life(steps: f64) -> Result<Decay> {
         if !steps.is_finite() || steps <= 0.0 {
-            return Err(invalid(format!(
-                "half-life must be a positive number of steps, got {steps}"
-            )));
+            return Err(EmaError::HalfLife(steps).into());
         }
         let tau = -(-std::f64::consts::LN_2 / steps).exp_m1();
         if tau <= 0.0 || tau >= 1.0 {
-            return Err(invalid(format!(
-                "half-life {steps} steps is out of range (decay rounds to 0 or 1)"
-            )));
+            return Err(EmaError::HalfLifeRange(steps).into());
         }
         Ok(Decay { tau })
     }
@@ -141,9 +122,7 @@ impl Warmup {
         let w = match name.trim().to_ascii_lowercase().as_str() {
             "rational" | "tf" => {
                 if inv_gamma.is_some() || power.is_some() {
-                    return Err(invalid(
-                        "the rational warm-up (1+t)/(10+t) takes no inv-gamma or power",
-                    ));
+                    return Err(EmaError::RationalParams.into());
                 }
                 Warmup::Rational
             }
@@ -152,9 +131,7 @@ impl Warmup {
                 power: power.unwrap_or(2.0 / 3.0),
             },
             other => {
-                return Err(invalid(format!(
-                    "unknown warm-up `{other}`: expected `rational` ((1+t)/(10+t)) or `inv-gamma` (1-(1+t/inv_gamma)^-power)"
-                )));
+                return Err(EmaError::UnknownWarmup(other.to_string()).into());
             }
         };
         w.validate()?;
@@ -165,14 +142,10 @@ impl Warmup {
     pub fn validate(&self) -> Result<()> {
         if let Warmup::InvGamma { inv_gamma, power } = *self {
             if !inv_gamma.is_finite() || inv_gamma <= 0.0 {
-                return Err(invalid(format!(
-                    "warm-up inv_gamma must be positive, got {inv_gamma}"
-                )));
+                return Err(EmaError::InvGamma(inv_gamma).into());
             }
             if !power.is_finite() || power <= 0.0 {
-                return Err(invalid(format!(
-                    "warm-up power must be positive, got {power}"
-                )));
+                return Err(EmaError::WarmupPower(power).into());
             }
         }
         Ok(())

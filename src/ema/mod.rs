@@ -45,8 +45,6 @@ pub use steps::{
     explicit_steps, order_by_step, parse_steps, resolve_steps, step_from_metadata, step_from_name,
 };
 
-use crate::error::Error;
-
 /// The warning rule: warn when half the EMA weight sits on fewer than this
 /// many of the newest checkpoints (see [`effective_half_life_checkpoints`]).
 pub const HALF_LIFE_WARN_CHECKPOINTS: f64 = 2.0;
@@ -62,10 +60,6 @@ pub const SIGMA_REL_MAX: f64 = 0.288_675_134_594_812_9;
 /// A checkpoint whose weight, with all before it, is at most this fraction
 /// of the total is left out of the basin check ([`basin_pair`]).
 pub const NEGLIGIBLE_WEIGHT: f64 = 0.01;
-
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::Invalid(msg.into())
-}
 
 #[cfg(test)]
 mod tests;

@@ -4,10 +4,8 @@
 use std::fmt;
 
 use super::decay::{Decay, Neumaier, Warmup};
-use super::{
-    FIRST_WEIGHT_WARN, HALF_LIFE_WARN_CHECKPOINTS, NEGLIGIBLE_WEIGHT, SIGMA_REL_MAX, invalid,
-};
-use crate::error::Result;
+use super::{FIRST_WEIGHT_WARN, HALF_LIFE_WARN_CHECKPOINTS, NEGLIGIBLE_WEIGHT, SIGMA_REL_MAX};
+use crate::error::{EmaError, Result};
 
 // ---------------------------------------------------------------------------
 // Power-function EMA (EDM2)
@@ -30,9 +28,7 @@ pub fn gamma_to_sigma_rel(gamma: f64) -> f64 {
 /// `σ_rel = 0.05 → γ ≈ 16.97`, `σ_rel = 0.10 → γ ≈ 6.94`.
 pub fn sigma_rel_to_gamma(sigma_rel: f64) -> Result<f64> {
     if !sigma_rel.is_finite() || sigma_rel <= 0.0 || sigma_rel > SIGMA_REL_MAX * (1.0 + 1e-12) {
-        return Err(invalid(format!(
-            "sigma-rel must be in (0, {SIGMA_REL_MAX:.4}], got {sigma_rel} (1/√12 ≈ 0.2887 is γ = 0, the running mean)"
-        )));
+        return Err(EmaError::SigmaRel(sigma_rel).into());
     }
     let t = sigma_rel.powi(-2);
     // p(γ) = (γ+2)²(γ+3) − t(γ+1): p(0) = 12 − t ≤ 0, p convex on γ ≥ 0 and
@@ -109,10 +105,7 @@ impl EmaProfile {
             EmaProfile::Decay { decay, warmup } => {
                 let tau = decay.tau();
                 if !tau.is_finite() || tau <= 0.0 || tau >= 1.0 {
-                    return Err(invalid(format!(
-                        "decay must be in (0, 1), got {}",
-                        decay.beta()
-                    )));
+                    return Err(EmaError::Decay(decay.beta()).into());
                 }
                 if let Some(w) = warmup {
                     w.validate()?;
@@ -120,14 +113,12 @@ impl EmaProfile {
             }
             EmaProfile::Power { gamma } => {
                 if !gamma.is_finite() || gamma < 0.0 {
-                    return Err(invalid(format!(
-                        "power exponent γ must be ≥ 0, got {gamma} (γ < 0 weights the earliest steps most)"
-                    )));
+                    return Err(EmaError::Gamma(gamma).into());
                 }
             }
             EmaProfile::Window { k } => {
                 if k == 0 {
-                    return Err(invalid("window must hold at least 1 checkpoint, got 0"));
+                    return Err(EmaError::EmptyWindow.into());
                 }
             }
         }
@@ -167,13 +158,14 @@ impl fmt::Display for EmaProfile {
 pub fn weights(profile: &EmaProfile, steps: &[u64]) -> Result<Vec<f64>> {
     profile.validate()?;
     if steps.is_empty() {
-        return Err(invalid("no checkpoints to average"));
+        return Err(EmaError::NoCheckpoints.into());
     }
     if let Some(w) = steps.windows(2).find(|w| w[1] <= w[0]) {
-        return Err(invalid(format!(
-            "steps must be strictly increasing, but step {} follows step {}",
-            w[1], w[0]
-        )));
+        return Err(EmaError::NotIncreasing {
+            prev: w[0],
+            next: w[1],
+        }
+        .into());
     }
     Ok(match *profile {
         EmaProfile::Decay { decay, warmup } => decay_weights(decay, warmup, steps),
@@ -236,9 +228,7 @@ fn ln_ratio(a: u64, b: u64) -> f64 {
 
 fn window_weights(k: usize, n: usize) -> Result<Vec<f64>> {
     if k > n {
-        return Err(invalid(format!(
-            "window of {k} checkpoints needs at least {k} inputs, got {n}"
-        )));
+        return Err(EmaError::WindowTooLarge { k, n }.into());
     }
     let mut w = vec![0.0; n];
     for x in &mut w[n - k..] {

@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
-use super::invalid;
-use crate::error::Result;
+use crate::error::{EmaError, Result, StepError};
 
 // ---------------------------------------------------------------------------
 // Step discovery
@@ -189,12 +188,12 @@ pub fn step_from_name(path: &Path) -> Result<Option<u64>> {
         values.sort_unstable();
         values.dedup();
         if values.len() > 1 {
-            let list: Vec<String> = values.iter().map(u64::to_string).collect();
-            return Err(invalid(format!(
-                "{}: ambiguous step in the name `{name}`: could be {} (pass --steps)",
-                path.display(),
-                list.join(" or ")
-            )));
+            return Err(StepError::AmbiguousName {
+                path: path.to_path_buf(),
+                name,
+                values,
+            }
+            .into());
         }
         return Ok(Some(values[0]));
     }
@@ -209,18 +208,21 @@ pub fn step_from_metadata(path: &Path, metadata: &impl Metadata) -> Result<Optio
         let Some(raw) = metadata.get_str(key) else {
             continue;
         };
-        let v = parse_whole(raw).ok_or_else(|| {
-            invalid(format!(
-                "{}: metadata `{key}` = `{raw}` is not a whole number of steps",
-                path.display()
-            ))
+        let v = parse_whole(raw).ok_or_else(|| StepError::NotWhole {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            raw: raw.to_string(),
         })?;
         match found {
             Some((k0, v0)) if v0 != v => {
-                return Err(invalid(format!(
-                    "{}: metadata `{k0}` = {v0} and `{key}` = {v} disagree (pass --steps)",
-                    path.display()
-                )));
+                return Err(StepError::MetadataDisagree {
+                    path: path.to_path_buf(),
+                    key0: k0.to_string(),
+                    value0: v0,
+                    key1: key.to_string(),
+                    value1: v,
+                }
+                .into());
             }
             Some(_) => {}
             None => found = Some((key, v)),
@@ -247,19 +249,21 @@ pub fn discover_step(index: usize, path: &Path, metadata: &impl Metadata) -> Res
     let from_meta = step_from_metadata(path, metadata)?;
     let (step, source) = match (from_name, from_meta) {
         (Some(a), Some(b)) if a != b => {
-            return Err(invalid(format!(
-                "{}: the name says step {a} but metadata `step` says {b} (pass --steps)",
-                path.display()
-            )));
+            return Err(StepError::NameAndMetadata {
+                path: path.to_path_buf(),
+                name: a,
+                metadata: b,
+            }
+            .into());
         }
         (Some(a), Some(_)) => (a, StepSource::NameAndMetadata),
         (Some(a), None) => (a, StepSource::Name),
         (None, Some(b)) => (b, StepSource::Metadata),
         (None, None) => {
-            return Err(invalid(format!(
-                "{}: no step in the file name or in the `step` metadata key (name it like step-1000.safetensors or pass --steps)",
-                path.display()
-            )));
+            return Err(StepError::Missing {
+                path: path.to_path_buf(),
+            }
+            .into());
         }
     };
     Ok(StepInfo {
@@ -275,11 +279,8 @@ pub fn parse_steps(arg: &str) -> Result<Vec<u64>> {
     arg.split(',')
         .map(|s| {
             let s = s.trim();
-            s.parse::<u64>().map_err(|_| {
-                invalid(format!(
-                    "`{s}` is not a whole number (expected a comma-separated list like 1000,2000,3000)"
-                ))
-            })
+            s.parse::<u64>()
+                .map_err(|_| StepError::NotANumber(s.to_string()).into())
         })
         .collect()
 }
@@ -287,11 +288,11 @@ pub fn parse_steps(arg: &str) -> Result<Vec<u64>> {
 /// Pairs inputs with `--steps` values, in command-line order.
 pub fn explicit_steps<P: AsRef<Path>>(paths: &[P], steps: &[u64]) -> Result<Vec<StepInfo>> {
     if paths.len() != steps.len() {
-        return Err(invalid(format!(
-            "--steps has {} values for {} checkpoints",
-            steps.len(),
-            paths.len()
-        )));
+        return Err(StepError::Count {
+            steps: steps.len(),
+            checkpoints: paths.len(),
+        }
+        .into());
     }
     Ok(paths
         .iter()
@@ -310,17 +311,13 @@ pub fn explicit_steps<P: AsRef<Path>>(paths: &[P], steps: &[u64]) -> Result<Vec<
 pub fn order_by_step(mut inputs: Vec<StepInfo>) -> Result<Vec<StepInfo>> {
     inputs.sort_by_key(|i| (i.step, i.index));
     if let Some(w) = inputs.windows(2).find(|w| w[0].step == w[1].step) {
-        return Err(invalid(format!(
-            "{} and {} both have step {}{}",
-            w[0].path.display(),
-            w[1].path.display(),
-            w[0].step,
-            if w[0].source == StepSource::Explicit {
-                " in --steps"
-            } else {
-                " (pass --steps)"
-            }
-        )));
+        return Err(StepError::Duplicate {
+            first: w[0].path.clone(),
+            second: w[1].path.clone(),
+            step: w[0].step,
+            explicit: w[0].source == StepSource::Explicit,
+        }
+        .into());
     }
     Ok(inputs)
 }
@@ -340,7 +337,7 @@ where
     F: FnMut(usize) -> Result<M>,
 {
     if paths.is_empty() {
-        return Err(invalid("no checkpoints to average"));
+        return Err(EmaError::NoCheckpoints.into());
     }
     let inputs = match explicit {
         Some(steps) => explicit_steps(paths, steps)?,

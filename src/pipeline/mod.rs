@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::average::{self, Accumulation, MergeInput, MergeOptions, MergeReport};
 use crate::basin::{self, Assessment, Thresholds, Verdict};
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
 use crate::permute::ModelPermutation;
 use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout};
 
@@ -234,10 +234,7 @@ impl<'a> Merge<'a> {
     /// Runs every stage and writes `output`.
     pub fn run(self, output: &Output, observer: &dyn Observer) -> Result<MergeReport> {
         output.refuse_existing()?;
-        let first = *self
-            .inputs
-            .first()
-            .ok_or_else(|| Error::Invalid("no inputs to merge".into()))?;
+        let first = *self.inputs.first().ok_or(UsageError::NoInputs)?;
         let plain: Vec<MergeInput> = self.inputs.iter().map(|c| MergeInput::plain(c)).collect();
         let plan = average::plan(&plain, &self.options)?;
         let perms = self.alignment(observer)?;
@@ -262,10 +259,11 @@ impl<'a> Merge<'a> {
         match &self.align {
             Align::None => Ok(vec![None; n]),
             Align::Given(perms) if perms.len() == n => Ok(perms.clone()),
-            Align::Given(perms) => Err(Error::Invalid(format!(
-                "{} permutations given for {n} inputs",
-                perms.len()
-            ))),
+            Align::Given(perms) => Err(UsageError::Permutations {
+                given: perms.len(),
+                inputs: n,
+            }
+            .into()),
             Align::ToFirst(m) => {
                 let spec = m.resolve_spec(&self.inputs)?;
                 align_to_first(&spec, &self.inputs, &m.align, observer)

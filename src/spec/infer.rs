@@ -14,7 +14,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use crate::checkpoint::{Checkpoint, dtype};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SpecError};
 
 use super::{AxisMember, PermGroup, PermutationSpec};
 
@@ -34,21 +34,18 @@ pub fn infer(ckpt: &Checkpoint) -> Result<PermutationSpec> {
         return Ok(s);
     }
     infer_chain(ckpt).map_err(|e| match e {
-        Error::Spec { path, reason } => {
-            let arch = config
-                .as_ref()
-                .and_then(|c| c.get("architectures"))
-                .and_then(|a| a.get(0))
-                .and_then(serde_json::Value::as_str)
-                .map(|a| format!(" (config.json: {a})"))
-                .unwrap_or_default();
-            Error::Spec {
-                path,
-                reason: format!(
-                    "unknown architecture{arch}: not an MLP/CNN chain, BERT/RoBERTa, GPT-2, LLaMA-family (Llama, Mistral, Qwen2) or torchvision ResNet. {reason}"
-                ),
-            }
-        }
+        Error::Spec { path, source } => Error::Spec {
+            path,
+            source: Box::new(SpecError::UnknownArchitecture {
+                config: config
+                    .as_ref()
+                    .and_then(|c| c.get("architectures"))
+                    .and_then(|a| a.get(0))
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string),
+                chain: source,
+            }),
+        },
         other => other,
     })
 }
@@ -76,13 +73,10 @@ pub fn load_config(ckpt: &Checkpoint) -> Result<Option<serde_json::Value>> {
 }
 
 fn ambiguous(ckpt: &Checkpoint, reason: String) -> Error {
-    Error::Spec {
-        path: None,
-        reason: format!(
-            "cannot infer a permutation spec for `{}`: {reason}; write one (see `polymerge spec --help`) and pass it with --spec",
-            ckpt.source().display()
-        ),
-    }
+    Error::spec(SpecError::Chain {
+        checkpoint: ckpt.source().to_path_buf(),
+        reason,
+    })
 }
 
 #[derive(Debug)]

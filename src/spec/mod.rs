@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, dtype};
-use crate::error::{Error, Result};
+use crate::error::{Error, PermError, Result, SpecError, UsageError};
 use crate::permute::{GroupPerms, ModelPermutation, TensorPermutation, is_permutation};
 
 /// The `format` tag of spec files this version reads and writes.
@@ -134,19 +134,15 @@ impl PermutationSpec {
 
     /// Reads a spec file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let spec: PermutationSpec = serde_json::from_str(&text).map_err(|e| Error::Spec {
+        let fail = |source: SpecError| Error::Spec {
             path: Some(path.to_path_buf()),
-            reason: format!("not a valid spec: {e}"),
-        })?;
+            source: Box::new(source),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let spec: PermutationSpec =
+            serde_json::from_str(&text).map_err(|e| fail(SpecError::Json(e)))?;
         if spec.format != SPEC_FORMAT {
-            return Err(Error::Spec {
-                path: Some(path.to_path_buf()),
-                reason: format!(
-                    "unknown format `{}` (expected `{SPEC_FORMAT}`)",
-                    spec.format
-                ),
-            });
+            return Err(fail(SpecError::UnknownFormat(spec.format)));
         }
         Ok(spec)
     }
@@ -160,15 +156,12 @@ impl PermutationSpec {
             .collect();
         for k in kinds {
             if !known.contains(k.as_str()) && !self.groups.iter().any(|g| &g.name == k) {
-                let mut names: Vec<&str> = known.into_iter().collect();
+                let mut names: Vec<String> = known.into_iter().map(str::to_string).collect();
                 names.sort();
-                return Err(Error::Spec {
-                    path: None,
-                    reason: format!(
-                        "no group of kind `{k}` (this spec has: {})",
-                        names.join(", ")
-                    ),
-                });
+                return Err(Error::spec(SpecError::NoSuchKind {
+                    kind: k.clone(),
+                    known: names,
+                }));
             }
         }
         self.groups.retain(|g| {
@@ -182,61 +175,62 @@ impl PermutationSpec {
     /// Checks the spec against a checkpoint: every tensor exists and is a
     /// float tensor, axes are in range, each member's span fits its axis.
     pub fn validate(&self, ckpt: &Checkpoint) -> Result<()> {
-        let fail = |reason: String| Error::Spec { path: None, reason };
+        let fail = |e: SpecError| Err(Error::spec(e));
         let mut names = HashSet::new();
         for g in &self.groups {
+            let group = || g.name.clone();
             if !names.insert(g.name.as_str()) {
-                return Err(fail(format!("group `{}` is defined twice", g.name)));
+                return fail(SpecError::Duplicate(group()));
             }
             if g.size == 0 {
-                return Err(fail(format!("group `{}` has size 0", g.name)));
+                return fail(SpecError::ZeroSize(group()));
             }
             if g.members.is_empty() {
-                return Err(fail(format!("group `{}` has no members", g.name)));
+                return fail(SpecError::NoMembers(group()));
             }
             for m in &g.members {
-                let t = ckpt.get(&m.tensor).ok_or_else(|| {
-                    fail(format!(
-                        "group `{}`: tensor `{}` is not in `{}`",
-                        g.name,
-                        m.tensor,
-                        ckpt.source().display()
-                    ))
-                })?;
+                let tensor = || m.tensor.clone();
+                let Some(t) = ckpt.get(&m.tensor) else {
+                    return fail(SpecError::UnknownTensor {
+                        group: group(),
+                        tensor: tensor(),
+                        checkpoint: ckpt.source().to_path_buf(),
+                    });
+                };
                 if !dtype::is_float(t.dtype) {
-                    return Err(fail(format!(
-                        "group `{}`: tensor `{}` is {:?}; only float tensors can be permuted",
-                        g.name, m.tensor, t.dtype
-                    )));
+                    return fail(SpecError::NotFloat {
+                        group: group(),
+                        tensor: tensor(),
+                        dtype: t.dtype,
+                    });
                 }
                 if m.axis >= t.shape.len() {
-                    return Err(fail(format!(
-                        "group `{}`: tensor `{}` has {} axes, axis {} is out of range",
-                        g.name,
-                        m.tensor,
-                        t.shape.len(),
-                        m.axis
-                    )));
+                    return fail(SpecError::Axis {
+                        group: group(),
+                        tensor: tensor(),
+                        axes: t.shape.len(),
+                        axis: m.axis,
+                    });
                 }
                 if m.block == 0 || m.repeat == 0 {
-                    return Err(fail(format!(
-                        "group `{}`: tensor `{}`: block and repeat must be at least 1",
-                        g.name, m.tensor
-                    )));
+                    return fail(SpecError::Block {
+                        group: group(),
+                        tensor: tensor(),
+                    });
                 }
                 let len = t.shape[m.axis];
                 if m.start + m.span(g.size) > len {
-                    return Err(fail(format!(
-                        "group `{}` has {} units but tensor `{}` axis {} has length {len} (start {}, block {}, repeat {} need {})",
-                        g.name,
-                        g.size,
-                        m.tensor,
-                        m.axis,
-                        m.start,
-                        m.block,
-                        m.repeat,
-                        m.start + m.span(g.size)
-                    )));
+                    return fail(SpecError::Span {
+                        group: group(),
+                        size: g.size,
+                        tensor: tensor(),
+                        axis: m.axis,
+                        len,
+                        start: m.start,
+                        block: m.block,
+                        repeat: m.repeat,
+                        need: m.start + m.span(g.size),
+                    });
                 }
             }
         }
@@ -301,9 +295,7 @@ pub fn resolve(
     groups: Option<&[String]>,
     ckpts: &[&Checkpoint],
 ) -> Result<PermutationSpec> {
-    let first = ckpts
-        .first()
-        .ok_or_else(|| Error::Invalid("no checkpoint to infer a spec from".into()))?;
+    let first = ckpts.first().ok_or(UsageError::NoCheckpoint)?;
     let mut spec = match source {
         SpecSource::Infer => infer::infer(first)?,
         SpecSource::File(p) => PermutationSpec::load(p)?,
@@ -334,16 +326,14 @@ pub struct PermFile {
 impl PermFile {
     /// Reads a permutation file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let f: PermFile = serde_json::from_str(&text).map_err(|e| Error::Perm {
+        let fail = |source: PermError| Error::Perm {
             path: path.to_path_buf(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let f: PermFile = serde_json::from_str(&text).map_err(|e| fail(PermError::Json(e)))?;
         if f.format != PERM_FORMAT {
-            return Err(Error::Perm {
-                path: path.to_path_buf(),
-                reason: format!("unknown format `{}` (expected `{PERM_FORMAT}`)", f.format),
-            });
+            return Err(fail(PermError::UnknownFormat(f.format)));
         }
         Ok(f)
     }
@@ -351,31 +341,28 @@ impl PermFile {
     /// Orders the saved permutations as `spec`'s groups, checking sizes.
     /// Groups of the spec missing from the file stay identity.
     pub fn perms_for(&self, spec: &PermutationSpec, path: &Path) -> Result<GroupPerms> {
-        let fail = |reason: String| Error::Perm {
+        let fail = |source: PermError| Error::Perm {
             path: path.to_path_buf(),
-            reason,
+            source,
         };
         for name in self.groups.keys() {
             if !spec.groups.iter().any(|g| &g.name == name) {
-                return Err(fail(format!(
-                    "group `{name}` is not in the permutation spec"
-                )));
+                return Err(fail(PermError::UnknownGroup(name.clone())));
             }
         }
         spec.groups
             .iter()
             .map(|g| match self.groups.get(&g.name) {
                 None => Ok((0..g.size).collect()),
-                Some(p) if p.len() != g.size => Err(fail(format!(
-                    "group `{}` has {} entries, the spec says {} units",
-                    g.name,
-                    p.len(),
-                    g.size
-                ))),
-                Some(p) if !is_permutation(p) => Err(fail(format!(
-                    "group `{}` is not a permutation of 0..{}",
-                    g.name, g.size
-                ))),
+                Some(p) if p.len() != g.size => Err(fail(PermError::Size {
+                    group: g.name.clone(),
+                    entries: p.len(),
+                    units: g.size,
+                })),
+                Some(p) if !is_permutation(p) => Err(fail(PermError::NotPermutation {
+                    group: g.name.clone(),
+                    size: g.size,
+                })),
                 Some(p) => Ok(p.clone()),
             })
             .collect::<Result<Vec<_>>>()

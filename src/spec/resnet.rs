@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 
 use crate::checkpoint::{Checkpoint, dtype};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SpecError};
 
 use super::infer::natural_cmp;
 use super::{AxisMember, PermGroup, PermutationSpec};
@@ -27,13 +27,11 @@ use super::{AxisMember, PermGroup, PermutationSpec};
 const BN: &[&str] = &["weight", "bias", "running_mean", "running_var"];
 
 fn fail(ckpt: &Checkpoint, reason: String) -> Error {
-    Error::Spec {
-        path: None,
-        reason: format!(
-            "`{}` looks like a torchvision ResNet but {reason}; write a spec (see `polymerge spec --help`) and pass it with --spec",
-            ckpt.source().display()
-        ),
-    }
+    Error::spec(SpecError::Family {
+        checkpoint: ckpt.source().to_path_buf(),
+        family: "torchvision ResNet".into(),
+        reason,
+    })
 }
 
 /// Recognises a torchvision-style ResNet, or returns `None`.

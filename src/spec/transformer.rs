@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, dtype};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SpecError};
 
 use super::infer::natural_cmp;
 use super::{AxisMember, PermGroup, PermutationSpec};
@@ -89,13 +89,11 @@ struct Heads {
 }
 
 fn fail(ckpt: &Checkpoint, family: &str, reason: String) -> Error {
-    Error::Spec {
-        path: None,
-        reason: format!(
-            "`{}` looks like a {family} checkpoint but {reason}; write a spec (see `polymerge spec --help`) and pass it with --spec",
-            ckpt.source().display()
-        ),
-    }
+    Error::spec(SpecError::Family {
+        checkpoint: ckpt.source().to_path_buf(),
+        family: family.to_string(),
+        reason,
+    })
 }
 
 /// Recognises a transformer from tensor names and builds its spec, or

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, UncheckedAdvice};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, Result};
 
 /// A read-only mapping of one file on disk.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ impl MappedFile {
         if !meta.is_file() {
             return Err(Error::Format {
                 path: path.to_path_buf(),
-                reason: "not a regular file".into(),
+                source: FormatError::NotRegularFile,
             });
         }
         // SAFETY: the mapping is read-only and private to this process. The

@@ -4,7 +4,7 @@
 use std::fs::{self, File};
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, OutputError, Result};
 
 /// Weight file endings that are not copied from an input model directory.
 const WEIGHT_SUFFIXES: &[&str] = &[
@@ -28,7 +28,7 @@ pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
     if target.exists() && !force {
         return Err(Error::Output {
             path: target.to_path_buf(),
-            reason: "already exists (use --force to overwrite)".into(),
+            source: OutputError::Exists,
         });
     }
     Ok(())
@@ -94,13 +94,11 @@ fn sync_parent(path: &Path) {
 }
 
 pub(super) fn output_error(target: &Path, at: &Path, e: std::io::Error) -> Error {
-    let reason = if at == target {
-        format!("cannot write: {e}")
-    } else {
-        format!("cannot write (temporary `{}`): {e}", at.display())
-    };
     Error::Output {
         path: target.to_path_buf(),
-        reason,
+        source: OutputError::Write {
+            temporary: (at != target).then(|| at.to_path_buf()),
+            source: e,
+        },
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use serde_json::{Map, Value, json};
 
 use crate::checkpoint::INDEX_FILE;
-use crate::error::{Error, Result};
+use crate::error::{Error, OutputError, Result};
 use files::{copy_side_files, output_error, replace, replace_dir};
 use layout::{ShardPlan, split_shards};
 use shard::ShardFile;
@@ -108,7 +108,7 @@ impl CheckpointWriter {
         {
             return Err(Error::Output {
                 path: target,
-                reason: "is a directory; a .safetensors output must be a file".into(),
+                source: OutputError::IsDirectory,
             });
         }
         let parent = match target.parent() {
@@ -118,7 +118,7 @@ impl CheckpointWriter {
         if !parent.is_dir() {
             return Err(Error::Output {
                 path: target,
-                reason: format!("directory `{}` does not exist", parent.display()),
+                source: OutputError::NoDirectory(parent),
             });
         }
         let base = target
@@ -203,7 +203,8 @@ impl CheckpointWriter {
         obj.insert("__metadata__".into(), Value::Object(meta));
         let mut offset = 0usize;
         for p in &self.plans[s.first..s.end] {
-            let dtype = serde_json::to_value(p.dtype).map_err(|e| Error::Invalid(e.to_string()))?;
+            let dtype =
+                serde_json::to_value(p.dtype).map_err(|e| Error::Internal(e.to_string()))?;
             obj.insert(
                 p.name.clone(),
                 json!({"dtype": dtype, "shape": p.shape, "data_offsets": [offset, offset + p.nbytes()]}),
@@ -211,7 +212,7 @@ impl CheckpointWriter {
             offset += p.nbytes();
         }
         let mut bytes =
-            serde_json::to_vec(&Value::Object(obj)).map_err(|e| Error::Invalid(e.to_string()))?;
+            serde_json::to_vec(&Value::Object(obj)).map_err(|e| Error::Internal(e.to_string()))?;
         while bytes.len() % 8 != 0 {
             bytes.push(b' ');
         }
@@ -224,9 +225,7 @@ impl CheckpointWriter {
         while !bytes.is_empty() {
             if self.remaining == 0 {
                 if self.shard + 1 >= self.shards.len() {
-                    return Err(Error::Invalid(
-                        "internal error: more tensor data than planned".into(),
-                    ));
+                    return Err(Error::Internal("more tensor data than planned".into()));
                 }
                 self.close_shard()?;
                 self.open_shard(self.shard + 1)?;
@@ -270,8 +269,8 @@ impl CheckpointWriter {
             self.open_shard(self.shard + 1)?;
         }
         if self.remaining != 0 {
-            return Err(Error::Invalid(format!(
-                "internal error: {} bytes of tensor data missing",
+            return Err(Error::Internal(format!(
+                "{} bytes of tensor data missing",
                 self.remaining
             )));
         }
@@ -301,7 +300,7 @@ impl CheckpointWriter {
                         json!({"metadata": {"total_size": data_bytes}, "weight_map": weight_map});
                     let index_path = self.temp.join(INDEX_FILE);
                     let text = serde_json::to_string_pretty(&index)
-                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                        .map_err(|e| Error::Internal(e.to_string()))?;
                     fs::write(&index_path, text + "\n")
                         .map_err(|e| output_error(&target, &index_path, e))?;
                 }

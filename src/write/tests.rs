@@ -136,6 +136,13 @@ fn an_existing_output_is_refused_without_force() {
     )
     .err()
     .unwrap();
-    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(err.one_line().ends_with("already exists"), "{err}");
+    assert!(matches!(
+        err,
+        Error::Output {
+            source: crate::error::OutputError::Exists,
+            ..
+        }
+    ));
     assert_eq!(fs::read(&out).unwrap(), b"keep me");
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::*;
+use crate::error::{Error, StepError};
 
 // --- step discovery -----------------------------------------------------
 
@@ -68,8 +69,10 @@ fn a_name_with_two_different_step_numbers_is_ambiguous() {
     let e = step_from_name(Path::new("x/step-1000-step-2000.safetensors")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "x/step-1000-step-2000.safetensors: ambiguous step in the name `step-1000-step-2000.safetensors`: could be 1000 or 2000 (pass --steps)"
+        "x/step-1000-step-2000.safetensors: ambiguous step in the name `step-1000-step-2000.safetensors`: could be 1000 or 2000"
     );
+    // The binary adds " (pass --steps)" to this kind of error.
+    assert!(matches!(e, Error::Steps(StepError::AmbiguousName { .. })));
     assert!(step_from_name(Path::new("ckpt3_step1000.safetensors")).is_err());
     assert!(step_from_name(Path::new("epoch_1_epoch_2.safetensors")).is_err());
     // The same number twice is fine.
@@ -108,8 +111,9 @@ fn name_and_metadata_must_agree_when_both_are_present() {
     let e = discover_step(0, Path::new("step-999.safetensors"), &m).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "step-999.safetensors: the name says step 999 but metadata `step` says 1000 (pass --steps)"
+        "step-999.safetensors: the name says step 999 but metadata `step` says 1000"
     );
+    assert!(matches!(e, Error::Steps(StepError::NameAndMetadata { .. })));
 }
 
 #[test]
@@ -119,7 +123,8 @@ fn a_missing_step_is_an_error_that_suggests_steps() {
         e.to_string().starts_with("a/model.safetensors: no step"),
         "{e}"
     );
-    assert!(e.to_string().contains("--steps"));
+    // The binary suggests naming the file or passing --steps for this one.
+    assert!(matches!(e, Error::Steps(StepError::Missing { .. })));
 }
 
 #[test]
@@ -137,8 +142,15 @@ fn inputs_are_ordered_by_step_and_duplicates_are_an_error() {
     let e = resolve_steps(&paths, None, |_| Ok(())).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "x/step-100.safetensors and y/checkpoint-100.safetensors both have step 100 (pass --steps)"
+        "x/step-100.safetensors and y/checkpoint-100.safetensors both have step 100"
     );
+    assert!(matches!(
+        e,
+        Error::Steps(StepError::Duplicate {
+            explicit: false,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -151,12 +163,13 @@ fn explicit_steps_override_names_and_must_match_the_input_count() {
     assert_eq!(got[0].path, Path::new("model.safetensors"));
     assert_eq!((got[0].step, got[0].source), (200, StepSource::Explicit));
     let e = resolve_steps(&paths, Some(&[1]), |_| Ok(())).unwrap_err();
-    assert_eq!(e.to_string(), "--steps has 1 values for 2 checkpoints");
+    assert_eq!(e.to_string(), "1 explicit steps for 2 checkpoints");
     let e = resolve_steps(&paths, Some(&[7, 7]), |_| Ok(())).unwrap_err();
-    assert!(
-        e.to_string().ends_with("both have step 7 in --steps"),
-        "{e}"
-    );
+    assert!(e.to_string().ends_with("both have step 7"), "{e}");
+    assert!(matches!(
+        e,
+        Error::Steps(StepError::Duplicate { explicit: true, .. })
+    ));
 }
 
 #[test]
