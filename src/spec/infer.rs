@@ -27,10 +27,7 @@ const NORM_VECTORS: &[&str] = &["weight", "bias", "running_mean", "running_var"]
 /// directory of a single file) when there is one.
 pub fn infer(ckpt: &Checkpoint) -> Result<PermutationSpec> {
     let config = load_config(ckpt)?;
-    if let Some(s) = super::transformer::infer(ckpt, config.as_ref())? {
-        return Ok(s);
-    }
-    if let Some(s) = super::resnet::infer(ckpt)? {
+    if let Some(s) = super::families::infer(ckpt, config.as_ref())? {
         return Ok(s);
     }
     infer_chain(ckpt).map_err(|e| match e {

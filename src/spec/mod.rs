@@ -21,9 +21,8 @@
 //! listed before the head group follows its head (weight matching relabels
 //! such groups, see `alignment`).
 
+pub mod families;
 pub mod infer;
-pub mod resnet;
-pub mod transformer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
