@@ -140,10 +140,11 @@ fn fused_kernels_match_decode_then_add_then_encode() {
     }
 }
 
-#[test]
-fn every_simd_version_gives_the_baseline_bits() {
-    // The public kernels run the widest version this CPU has; the
-    // `*_generic` functions called directly here are the baseline build.
+/// Checks the four kernels compiled for `isa` against the baseline build
+/// (the `*_generic` functions called directly), bit for bit, on every
+/// dtype, aligned and unaligned, with NaN payloads, infinities and
+/// subnormals; `dispatch` runs the public (dispatching) kernels instead.
+fn assert_version_gives_the_baseline_bits(isa: Isa, dispatch: bool) {
     let mut x = 0x9E37_79B9u32;
     let vals: Vec<f32> = (0..5000)
         .map(|i| {
@@ -157,6 +158,22 @@ fn every_simd_version_gives_the_baseline_bits() {
             }
         })
         .collect();
+    let encode = |dt, v: &[f32], o: &mut [u8]| match dispatch {
+        true => encode_f32(dt, v, o),
+        false => encode_f32_on(isa, dt, v, o),
+    };
+    let decode = |dt, b: &[u8], o: &mut [f32]| match dispatch {
+        true => decode_f32(dt, b, o),
+        false => decode_f32_on(isa, dt, b, o),
+    };
+    let accumulate = |dt, b: &[u8], w, acc: &mut [f32], first| match dispatch {
+        true => accumulate_f32(dt, b, w, acc, first),
+        false => accumulate_f32_on(isa, dt, b, w, acc, first),
+    };
+    let divide = |acc: &[f32], div, dt, o: &mut [u8]| match dispatch {
+        true => divide_encode_f32(acc, div, dt, o),
+        false => divide_encode_f32_on(isa, acc, div, dt, o),
+    };
     for dt in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
         let w = size_of(dt);
         let mut buf = vec![0u8; 1 + vals.len() * w];
@@ -164,31 +181,70 @@ fn every_simd_version_gives_the_baseline_bits() {
             let a = vals.len() * w;
             let mut e1 = vec![0u8; a];
             let mut e2 = vec![0u8; a];
-            encode_f32(dt, &vals, &mut e1);
+            encode(dt, &vals, &mut e1);
             encode_f32_generic(dt, &vals, &mut e2);
-            assert_eq!(e1, e2, "encode {dt:?}");
+            assert_eq!(e1, e2, "{isa:?} encode {dt:?}");
             buf[off..off + a].copy_from_slice(&e1);
             let bytes = &buf[off..off + a];
             let mut d1 = vec![0f32; vals.len()];
             let mut d2 = vec![0f32; vals.len()];
-            decode_f32(dt, bytes, &mut d1);
+            decode(dt, bytes, &mut d1);
             decode_f32_generic(dt, bytes, &mut d2);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&d1), bits(&d2), "decode {dt:?}");
+            assert_eq!(bits(&d1), bits(&d2), "{isa:?} decode {dt:?}");
             let (mut a1, mut a2) = (vec![0f32; vals.len()], vec![0f32; vals.len()]);
             for first in [true, false] {
-                let n1 = accumulate_f32(dt, bytes, 0.3, &mut a1, first);
+                let n1 = accumulate(dt, bytes, 0.3, &mut a1, first);
                 let n2 = accumulate_f32_generic(dt, bytes, 0.3, &mut a2, first);
-                assert_eq!(n1, n2, "accumulate count {dt:?}");
-                assert_eq!(bits(&a1), bits(&a2), "accumulate {dt:?}");
+                assert_eq!(n1, n2, "{isa:?} accumulate count {dt:?}");
+                assert_eq!(bits(&a1), bits(&a2), "{isa:?} accumulate {dt:?}");
             }
             for div in [2.0, 3.0] {
-                divide_encode_f32(&a1, div, dt, &mut e1);
+                divide(&a1, div, dt, &mut e1);
                 divide_encode_f32_generic(&a2, div, dt, &mut e2);
-                assert_eq!(e1, e2, "divide_encode {dt:?} / {div}");
+                assert_eq!(e1, e2, "{isa:?} divide_encode {dt:?} / {div}");
             }
         }
     }
+}
+
+/// Runs the check for `isa`; on a CPU without it, checks instead that the
+/// dispatch never picks it and says so (the version cannot run there).
+fn check_version(isa: Isa) {
+    if isa.available() {
+        assert_version_gives_the_baseline_bits(isa, false);
+    } else {
+        assert_ne!(Isa::best(), isa);
+        eprintln!("{isa:?} is not available on this CPU: the dispatch never picks it");
+    }
+}
+
+#[test]
+fn the_baseline_version_called_through_its_dispatcher_gives_the_generic_bits() {
+    assert!(Isa::Baseline.available());
+    assert_version_gives_the_baseline_bits(Isa::Baseline, false);
+}
+
+#[test]
+fn the_avx2_version_gives_the_baseline_bits() {
+    check_version(Isa::Avx2);
+}
+
+#[test]
+fn the_avx512_version_gives_the_baseline_bits() {
+    check_version(Isa::Avx512);
+}
+
+#[test]
+fn the_dispatching_kernels_run_the_widest_version_and_give_the_baseline_bits() {
+    let best = Isa::best();
+    assert!(best.available());
+    assert!(
+        Isa::ALL
+            .iter()
+            .all(|&i| !i.available() || i as u8 <= best as u8)
+    );
+    assert_version_gives_the_baseline_bits(best, true);
 }
 
 #[test]

@@ -71,7 +71,10 @@ impl Stream<'_> {
     fn norm_members(&mut self, prefix: &str) -> Vec<AxisMember> {
         let params = params_of(self.names, prefix, self.table.norm_params);
         self.used.extend(params.iter().cloned());
-        params.into_iter().map(|n| AxisMember::plain(n, 0)).collect()
+        params
+            .into_iter()
+            .map(|n| AxisMember::plain(n, 0))
+            .collect()
     }
 
     /// Ends the current stretch as a group and starts one named `name` of
@@ -122,7 +125,15 @@ pub fn infer(
     let mut inner_groups = Vec::new();
     for (s, b) in &blocks {
         let p = format!("{base}{}{s}.{b}.", table.stage);
-        inner_groups.extend(block(family, ckpt, &p, *s, &base, &mut stream, &mut groups)?);
+        inner_groups.extend(block(
+            family,
+            ckpt,
+            &p,
+            *s,
+            &base,
+            &mut stream,
+            &mut groups,
+        )?);
     }
     let fc = format!("{base}{}.weight", table.head);
     if let Some(t) = ckpt.get(&fc) {

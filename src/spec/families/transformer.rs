@@ -29,7 +29,6 @@
 //! left out (a wrong head size would change the function) and a note says
 //! so; `ffn` and `residual` need no config.
 
-
 use std::collections::BTreeSet;
 
 use serde_json::Value;

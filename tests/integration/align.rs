@@ -2,43 +2,14 @@
 //! `barrier` on real fixtures made by PyTorch (fixtures/generate_mlp.py,
 //! fixtures/generate_cnn.py), against the numpy+scipy reference results.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(rel)
-}
-
-fn fx(rel: &str) -> String {
-    fixture(rel).to_str().unwrap().to_string()
-}
-
-fn polymerge() -> Command {
-    Command::cargo_bin("polymerge").unwrap()
-}
-
-/// Tensor name → raw bytes, parsed by the `safetensors` crate (not polymerge).
-fn tensor_bytes(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let buf = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.data().to_vec()))
-        .collect()
-}
-
-fn json_out(cmd: &mut Command) -> Value {
-    let out = cmd.assert().success().get_output().stdout.clone();
-    serde_json::from_slice(&out).unwrap()
-}
+use crate::common::{fixtures, fx, json_out, polymerge, tensor_bytes};
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("mlp/reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures("mlp/reference.json")).unwrap()).unwrap()
 }
 
 fn path_str(p: &Path) -> &str {
@@ -62,13 +33,13 @@ fn align_recovers_a_permuted_mlp_bit_for_bit() {
     ]));
     assert_eq!(
         tensor_bytes(&out),
-        tensor_bytes(&fixture("mlp/run_seed0.safetensors"))
+        tensor_bytes(&fixtures("mlp/run_seed0.safetensors"))
     );
     assert!(j["objective_after"].as_f64().unwrap() > j["objective_before"].as_f64().unwrap());
     assert!(j["sweeps"].as_u64().unwrap() >= 1);
     // The fixture permuted with p (permuted = original[p]); undoing it is argsort(p).
     let fixture_perm: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("mlp/run_seed0_permuted.perm.json")).unwrap(),
+        &std::fs::read_to_string(fixtures("mlp/run_seed0_permuted.perm.json")).unwrap(),
     )
     .unwrap();
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&perm).unwrap()).unwrap();
@@ -96,7 +67,7 @@ fn align_recovers_a_permuted_cnn_with_batchnorm_and_flatten_bit_for_bit() {
         .success();
     assert_eq!(
         tensor_bytes(&out),
-        tensor_bytes(&fixture("cnn/cnn.safetensors"))
+        tensor_bytes(&fixtures("cnn/cnn.safetensors"))
     );
 }
 
@@ -157,7 +128,7 @@ fn permute_applies_a_saved_permutation_to_another_checkpoint_of_the_run() {
         .success();
     assert_eq!(
         tensor_bytes(&again),
-        tensor_bytes(&fixture("cnn/cnn.safetensors"))
+        tensor_bytes(&fixtures("cnn/cnn.safetensors"))
     );
 }
 
@@ -289,7 +260,7 @@ fn merge_many_aligns_three_seeds_into_an_accurate_soup() {
     let mut cmd = polymerge();
     cmd.arg("avg");
     for s in 0..3 {
-        cmd.arg(fixture(&format!("mlp/run_seed{s}.safetensors")));
+        cmd.arg(fixtures(&format!("mlp/run_seed{s}.safetensors")));
     }
     cmd.args(["--align=many", "-o", path_str(&out), "--quiet"])
         .assert()
@@ -298,7 +269,7 @@ fn merge_many_aligns_three_seeds_into_an_accurate_soup() {
     let mut cmd = polymerge();
     cmd.arg("avg");
     for s in 0..3 {
-        cmd.arg(fixture(&format!("mlp/run_seed{s}.safetensors")));
+        cmd.arg(fixtures(&format!("mlp/run_seed{s}.safetensors")));
     }
     cmd.args(["-o", path_str(&naive), "--quiet"])
         .assert()

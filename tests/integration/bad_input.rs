@@ -3,12 +3,10 @@
 //! where there is one), and nothing left in the output directory — not even a
 //! temporary file.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use safetensors::Dtype;
 
 /// Runs `polymerge avg <inputs…> <extra…> -o out.safetensors` in a fresh

@@ -6,12 +6,10 @@
 //! merge must leave no file behind. The same damage through the binary must
 //! exit with 0 or 1, never 101 (panic) or a signal.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use polymerge::average::{self, MergeInput, MergeOptions};
 use polymerge::checkpoint::Checkpoint;
 use polymerge::stats::tensor_stats;

@@ -3,12 +3,10 @@
 //! case bit for bit, integer/bool pass-through, metadata, NaN/Inf handling,
 //! `--force` over an input, and the default output path.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use safetensors::Dtype;
 
 /// Runs `polymerge avg` on fixtures `inputs` (relative to `fixtures/io`) with

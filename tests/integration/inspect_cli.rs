@@ -1,11 +1,9 @@
 //! `polymerge inspect`: the human listing, the `--json` totals and metadata,
 //! and `--stats` values checked against numbers computed by hand.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use safetensors::Dtype;
 
 fn inspect_json(path: &std::path::Path, stats: bool) -> serde_json::Value {

@@ -14,6 +14,36 @@ use std::process::Output;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+/// A path in the repository.
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A path under `fixtures/`.
+pub fn fixtures(rel: &str) -> PathBuf {
+    repo("fixtures").join(rel)
+}
+
+/// [`fixtures`] as a string argument.
+pub fn fx(rel: &str) -> String {
+    fixtures(rel).display().to_string()
+}
+
+/// Runs `cmd`, which must succeed, and parses its stdout as JSON.
+pub fn json_out(cmd: &mut assert_cmd::Command) -> serde_json::Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Tensor name → raw bytes, parsed by the `safetensors` crate (not polymerge).
+pub fn tensor_bytes(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    read_file(path)
+        .tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.data))
+        .collect()
+}
+
 /// The directory of the I/O fixtures (see `fixtures/README.md`).
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

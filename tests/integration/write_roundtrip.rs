@@ -4,13 +4,11 @@
 //! `safetensors` crate and polymerge's `Checkpoint`, as one file or as a
 //! sharded directory.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use polymerge::checkpoint::Checkpoint;
 use polymerge::write::{CheckpointWriter, OutputLayout, TensorPlan};
 use proptest::prelude::*;

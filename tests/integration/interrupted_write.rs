@@ -5,13 +5,11 @@
 
 #![cfg(unix)]
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 

@@ -2,12 +2,10 @@
 //! input form exposes the same tensors and bytes, and the paths, model
 //! directory and metadata it reports are right.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use polymerge::average::{self, MergeInput, MergeOptions};
 use polymerge::checkpoint::Checkpoint;
 use polymerge::write::{CheckpointWriter, OutputLayout};

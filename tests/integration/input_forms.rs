@@ -2,11 +2,9 @@
 //! JSON, directory holding `model.safetensors`, a file whose data starts at an
 //! odd offset) gives the same tensors and so the same averaged bytes.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn avg_paths(inputs: &[&Path]) -> RawFile {
     let dir = tempfile::tempdir().unwrap();

@@ -9,12 +9,16 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde_json::Value;
 
+use crate::common::repo;
+
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    repo("")
 }
 
+/// The binary, run from the repository root (the arguments below are
+/// relative paths).
 fn polymerge() -> Command {
-    let mut c = Command::cargo_bin("polymerge").unwrap();
+    let mut c = crate::common::polymerge();
     c.current_dir(root());
     c
 }

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use polymerge::checkpoint::Checkpoint;
 use polymerge::spec::{PermFile, PermutationSpec, infer::infer};
+
+use crate::common::{fixtures, polymerge};
 
 const FAMILIES: &[&str] = &[
     "bert",
@@ -19,14 +20,9 @@ const FAMILIES: &[&str] = &[
     "vit_user_spec",
 ];
 
+/// The fixtures of one family.
 fn fixture(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/transformers")
-        .join(family)
-}
-
-fn polymerge() -> Command {
-    Command::cargo_bin("polymerge").expect("binary")
+    fixtures("transformers").join(family)
 }
 
 fn spec_of(family: &str) -> PermutationSpec {

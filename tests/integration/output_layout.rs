@@ -2,12 +2,10 @@
 //! first input's config files), a sharded directory (`model-0000k-of-0000n`
 //! shards and an index), and reading that directory back.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn run_avg(cwd: &Path, args: &[&str]) {
     polymerge()
@@ -19,7 +17,8 @@ fn run_avg(cwd: &Path, args: &[&str]) {
         .success();
 }
 
-fn fx(rel: &str) -> String {
+/// An I/O fixture as a string argument.
+fn io(rel: &str) -> String {
     fixture(rel).display().to_string()
 }
 
@@ -28,7 +27,7 @@ fn a_directory_output_gets_model_safetensors_and_the_first_inputs_config_files()
     let dir = tempfile::tempdir().unwrap();
     run_avg(
         dir.path(),
-        &[&fx("sharded_bf16"), &fx("a_bf16.safetensors"), "-o", "out/"],
+        &[&io("sharded_bf16"), &io("a_bf16.safetensors"), "-o", "out/"],
     );
     assert_eq!(
         listing(dir.path()),
@@ -60,8 +59,8 @@ fn a_directory_output_copies_config_json_from_a_single_file_model_directory() {
     run_avg(
         dir.path(),
         &[
-            &fx("single_dir_f32"),
-            &fx("a_f32.safetensors"),
+            &io("single_dir_f32"),
+            &io("a_f32.safetensors"),
             "-o",
             "soup",
         ],
@@ -77,7 +76,7 @@ fn a_directory_output_from_plain_files_holds_only_model_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     run_avg(
         dir.path(),
-        &[&fx("a_f32.safetensors"), &fx("sharded_bf16"), "-o", "soup"],
+        &[&io("a_f32.safetensors"), &io("sharded_bf16"), "-o", "soup"],
     );
     // The first input is a file: no model directory to copy from.
     assert_eq!(listing(dir.path()), vec!["soup/", "soup/model.safetensors"]);
@@ -92,7 +91,7 @@ fn a_directory_output_from_plain_files_holds_only_model_safetensors() {
 /// 300 bytes; returns the temp dir holding `single.safetensors` and `sharded/`.
 fn single_and_sharded() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = [fx("a_bf16.safetensors"), fx("b_bf16.safetensors")];
+    let inputs = [io("a_bf16.safetensors"), io("b_bf16.safetensors")];
     run_avg(
         dir.path(),
         &[&inputs[0], &inputs[1], "-o", "single.safetensors"],
@@ -221,8 +220,8 @@ fn a_max_shard_size_larger_than_the_model_writes_a_single_model_safetensors_with
     run_avg(
         dir.path(),
         &[
-            &fx("a_f16.safetensors"),
-            &fx("b_f16.safetensors"),
+            &io("a_f16.safetensors"),
+            &io("b_f16.safetensors"),
             "-o",
             "out",
             "--max-shard-size",
@@ -238,8 +237,8 @@ fn a_sharded_output_keeps_the_first_inputs_config_files() {
     run_avg(
         dir.path(),
         &[
-            &fx("sharded_bf16"),
-            &fx("a_bf16.safetensors"),
+            &io("sharded_bf16"),
+            &io("a_bf16.safetensors"),
             "-o",
             "out",
             "--max-shard-size",
@@ -282,8 +281,8 @@ fn a_directory_output_from_an_index_json_input_copies_the_config_files_beside_th
     run_avg(
         dir.path(),
         &[
-            &fx("sharded_bf16/model.safetensors.index.json"),
-            &fx("a_bf16.safetensors"),
+            &io("sharded_bf16/model.safetensors.index.json"),
+            &io("a_bf16.safetensors"),
             "-o",
             "out",
         ],
@@ -307,8 +306,8 @@ fn forcing_a_directory_output_over_an_old_one_replaces_it_and_keeps_no_copy_asid
     run_avg(
         dir.path(),
         &[
-            &fx("a_f32.safetensors"),
-            &fx("b_f32.safetensors"),
+            &io("a_f32.safetensors"),
+            &io("b_f32.safetensors"),
             "-o",
             "soup",
             "--force",
@@ -333,8 +332,8 @@ fn forcing_a_directory_output_leaves_an_unrelated_dot_old_directory_beside_it_al
     run_avg(
         dir.path(),
         &[
-            &fx("a_f32.safetensors"),
-            &fx("b_f32.safetensors"),
+            &io("a_f32.safetensors"),
+            &io("b_f32.safetensors"),
             "-o",
             "soup",
             "--force",
@@ -366,7 +365,7 @@ fn an_index_json_given_by_bare_name_in_its_directory_also_has_its_config_files_c
         &model,
         &[
             "model.safetensors.index.json",
-            &fx("a_bf16.safetensors"),
+            &io("a_bf16.safetensors"),
             "-o",
             "../out",
         ],

@@ -10,7 +10,7 @@ const MLP: &str = "fixtures/mlp";
 const BAS: &str = "fixtures/basin";
 
 fn pm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_polymerge"))
+    Command::new(crate::common::polymerge_path())
 }
 
 fn mlp(name: &str) -> String {

@@ -1,0 +1,20 @@
+//! The integration tests, one crate: end-to-end runs of the binary and of
+//! the library on the committed fixtures (`fixtures/`), one module per area,
+//! with the helpers they share in [`common`].
+
+mod common;
+
+mod align;
+mod avg_cli;
+mod bad_input;
+mod basin;
+mod checkpoint_io;
+mod corrupt_input;
+mod ema_cli;
+mod input_forms;
+mod inspect_cli;
+mod interrupted_write;
+mod output_layout;
+mod properties;
+mod transformers;
+mod write_roundtrip;
