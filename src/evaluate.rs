@@ -7,7 +7,7 @@
 //! `barrier = max_α [ L((1−α)A + αB) − ((1−α)L(A) + αL(B)) ]`
 //!
 //! with `L` the mean softmax cross-entropy over a data file holding `x`
-//! (float [N, D]) and `y` (integer class labels [N]). A barrier near zero means
+//! (float `[N, D]`) and `y` (integer class labels `[N]`). A barrier near zero means
 //! A and B are linearly connected (one basin); a clearly positive one means
 //! the midpoint sits on a ridge of high loss.
 

@@ -74,7 +74,7 @@ impl GroupStep for LinearAssignmentStep {
 
 /// The `n × n` similarity matrix of group `g` with every other group
 /// permuted by `perms` (relabelled through the groups composed after `g`
-/// when they move its positions, see [`later_maps`]).
+/// when they move its positions, see `later_maps`).
 pub fn group_similarity(
     spec: &PermutationSpec,
     g: usize,

@@ -134,9 +134,9 @@ const NONE: u32 = u32::MAX;
 /// Solution of one square linear assignment problem (maximisation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {
-    /// perm[i] = column assigned to row i.
+    /// `perm[i]` = column assigned to row `i`.
     pub perm: Vec<usize>,
-    /// Σ_i scores[i, perm[i]] summed in f64.
+    /// `Σ_i scores[i, perm[i]]` summed in f64.
     pub score: f64,
 }
 
@@ -160,7 +160,7 @@ pub struct SolveStats {
     pub arr_steps: usize,
 }
 
-/// Solve max Σ_i s[i, perm[i]] exactly. `scores` is row-major n×n (len n*n).
+/// Solve `max Σ_i s[i, perm[i]]` exactly. `scores` is row-major n×n (len n*n).
 /// `warm`: an optional previous permutation (e.g. from the last coordinate-descent sweep)
 /// used only to speed up the solve; the result must be optimal regardless of the hint.
 /// `group` names the permutation group for error messages.
@@ -183,7 +183,7 @@ pub fn maximize_with_stats(
     solve::<true>(scores, n, warm, group)
 }
 
-/// Solve min Σ_i c[i, perm[i]] exactly; the returned `score` is that
+/// Solve `min Σ_i c[i, perm[i]]` exactly; the returned `score` is that
 /// minimal sum. Same conventions and errors as [`maximize`].
 pub fn minimize(
     costs: &[f64],

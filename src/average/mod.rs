@@ -1,5 +1,5 @@
 //! Weighted averaging of N checkpoints, streamed tensor by tensor and chunk
-//! by chunk from the memory-mapped inputs into a [`CheckpointWriter`].
+//! by chunk from the memory-mapped inputs into a [`crate::write::CheckpointWriter`].
 //!
 //! Numerics follow the PyTorch reference exactly: for float tensors
 //! `(sum(w_i * t_i.float() for i) / sum(w)).to(dtype)`, i.e. f32 products and

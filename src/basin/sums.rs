@@ -31,7 +31,7 @@ pub struct PairSums {
 
 impl PairSums {
     /// Sums over two equally long slices. When every value is finite (the
-    /// common case) the sums run in [`SUM_LANES`] independent f64 lanes that
+    /// common case) the sums run in `SUM_LANES` independent f64 lanes that
     /// the compiler vectorises, so the basin check stays memory-bound; the
     /// lanes are added at the end (this reassociation changes only the last
     /// bits of the sums). Slices with a NaN/Inf take the element-by-element

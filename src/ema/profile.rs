@@ -153,7 +153,7 @@ impl fmt::Display for EmaProfile {
 }
 
 /// The weight of each checkpoint, in the order of `steps` (which must be
-/// strictly increasing: sort with [`order_by_step`] first). The weights are
+/// strictly increasing: sort with [`super::order_by_step`] first). The weights are
 /// non-negative and sum to 1 (up to rounding).
 pub fn weights(profile: &EmaProfile, steps: &[u64]) -> Result<Vec<f64>> {
     profile.validate()?;

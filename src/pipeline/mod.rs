@@ -310,3 +310,6 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! Inferring a permutation spec from tensor names and shapes.
 //!
 //! Recognised here: chains of Linear layers in PyTorch layout (`weight`
-//! [out, in], `bias` [out]) and chains of Conv layers ([out, in, k…]) with
+//! `[out, in]`, `bias` `[out]`) and chains of Conv layers (`[out, in, k…]`) with
 //! normalisation layers between them (BatchNorm `running_mean`/`running_var`
 //! follow their channels; `num_batches_tracked` is an integer and untouched),
 //! including the flatten from the last conv into the first Linear

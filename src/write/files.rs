@@ -21,7 +21,7 @@ const WEIGHT_SUFFIXES: &[&str] = &[
     ".onnx",
 ];
 
-/// Fails if `target` exists and `force` is not set. [`CheckpointWriter::create`]
+/// Fails if `target` exists and `force` is not set. [`super::CheckpointWriter::create`]
 /// checks this too; commands that do expensive work first (alignment) call
 /// it up front so that a user is not told after minutes of work.
 pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {

@@ -9,7 +9,7 @@
 //! writer is dropped unfinished, the temporaries are removed. A target that is
 //! also an input keeps its old inode alive (it stays mapped) until the rename.
 //! Large shards are written with direct I/O where the filesystem allows it
-//! (see [`ShardFile`]), so writing costs little CPU and no page cache.
+//! (see `ShardFile`), so writing costs little CPU and no page cache.
 
 mod files;
 mod layout;

@@ -1,10 +1,12 @@
 //! Built-in architectures as data: every family polymerge recognises is an
-//! entry of [`FAMILIES`] — a table of tensor-name templates — read by the
-//! builder of its structure (transformer blocks: [`transformer`], residual
-//! conv stages: [`resnet`]). [`infer`] tries the entries in order; adding a
-//! family whose structure is known is adding a table entry.
+//! entry of [`FAMILIES`] ([`tables`]) — a table of tensor-name templates —
+//! read by the builder of its structure (transformer blocks:
+//! [`transformer`], residual conv stages: [`resnet`]). [`infer`] tries the
+//! entries in order; adding a family whose structure is known is adding a
+//! table entry.
 
 pub mod resnet;
+pub mod tables;
 pub mod transformer;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,44 +17,7 @@ use super::infer::natural_cmp;
 use super::{AxisMember, PermutationSpec};
 use crate::checkpoint::{Checkpoint, dtype};
 use crate::error::{Error, Result, SpecError};
-
-/// How a family's tensors are laid out: which builder reads its table.
-#[derive(Debug)]
-pub enum Structure {
-    /// Transformer blocks around one residual stream.
-    Transformer(&'static transformer::TransformerTable),
-    /// Stages of residual conv blocks (the stream's width changes at each
-    /// stage's downsample shortcut).
-    ResidualConv(&'static resnet::ResNetTable),
-}
-
-/// One built-in family.
-#[derive(Debug)]
-pub struct Family {
-    /// Name used in messages (`… looks like a GPT-2 checkpoint but …`).
-    pub name: &'static str,
-    pub structure: Structure,
-}
-
-/// The built-in families, in the order they are tried.
-pub static FAMILIES: &[Family] = &[
-    Family {
-        name: "LLaMA-family",
-        structure: Structure::Transformer(&transformer::LLAMA),
-    },
-    Family {
-        name: "GPT-2",
-        structure: Structure::Transformer(&transformer::GPT2),
-    },
-    Family {
-        name: "BERT/RoBERTa",
-        structure: Structure::Transformer(&transformer::BERT),
-    },
-    Family {
-        name: "torchvision ResNet",
-        structure: Structure::ResidualConv(&resnet::RESNET),
-    },
-];
+pub use tables::{FAMILIES, Family, Structure};
 
 /// The spec of the first family whose tensor names `ckpt` has, or `None`
 /// when it has none of them. `config` is the model's `config.json`.

@@ -1,6 +1,7 @@
 //! Residual conv networks: ResNets in torchvision naming (`conv1`, `bn1`,
 //! `layerS.B.conv1…conv3`, `layerS.B.downsample.{0,1}`, `fc`), with
-//! BasicBlock and Bottleneck blocks, described by a [`ResNetTable`].
+//! BasicBlock and Bottleneck blocks, described by a [`ResNetTable`] (see
+//! [`super::tables::RESNET`]).
 //!
 //! Groups:
 //! - `channels` (`layerS.B.conv1`, `layerS.B.conv2` for Bottleneck): the
@@ -18,42 +19,12 @@
 
 use std::collections::BTreeSet;
 
+use super::tables::ResNetTable;
 use super::{Family, fail, params_of, shape_of};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::spec::infer::natural_cmp;
 use crate::spec::{AxisMember, PermGroup, PermutationSpec};
-
-/// How a residual conv family names its tensors (relative to the base
-/// prefix found from the first block's first conv).
-#[derive(Debug)]
-pub struct ResNetTable {
-    /// The stem conv and its norm.
-    pub stem: (&'static str, &'static str),
-    /// Stages are `{stage}{S}`, blocks `{stage}{S}.{B}`.
-    pub stage: &'static str,
-    /// A block's convs, in order (at least the first two exist) and the
-    /// prefix of their norms (`bn1` goes with `conv1`).
-    pub convs: &'static [&'static str],
-    pub norm: &'static str,
-    /// A block's shortcut conv and norm, where the stream changes width.
-    pub downsample: (&'static str, &'static str),
-    /// The classifier reading the last stage after global pooling.
-    pub head: &'static str,
-    /// The parameters of a norm that follow its channels.
-    pub norm_params: &'static [&'static str],
-}
-
-/// torchvision's ResNets (BasicBlock and Bottleneck).
-pub static RESNET: ResNetTable = ResNetTable {
-    stem: ("conv1", "bn1"),
-    stage: "layer",
-    convs: &["conv1", "conv2", "conv3"],
-    norm: "bn",
-    downsample: ("downsample.0", "downsample.1"),
-    head: "fc",
-    norm_params: &["weight", "bias", "running_mean", "running_var"],
-};
 
 /// The residual stream being built: the group it will be, and every
 /// tensor accounted for.
