@@ -185,6 +185,35 @@ fn stem_number(prefix: &str) -> (String, String) {
 }
 
 fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
+    let mods = modules(ckpt)?;
+    let layers: Vec<usize> = (0..mods.len())
+        .filter(|&i| matches!(mods[i].1, Role::Layer { .. }))
+        .collect();
+    if layers.len() < 2 {
+        return Err(ambiguous(
+            ckpt,
+            format!(
+                "found {} Linear/Conv layer(s); a chain needs at least 2 to have hidden units",
+                layers.len()
+            ),
+        ));
+    }
+    let (norms_of, notes) = attach_norms(ckpt, &mods, &layers)?;
+    let groups = chain_groups(ckpt, &mods, &layers, &norms_of)?;
+    let any_conv = layers
+        .iter()
+        .any(|&l| matches!(mods[l].1, Role::Layer { conv: true, .. }));
+    let mut spec = PermutationSpec::new(
+        Some(if any_conv { "cnn-chain" } else { "mlp-chain" }.into()),
+        groups,
+    );
+    spec.notes = notes;
+    Ok(spec)
+}
+
+/// The float tensors grouped into modules (by name prefix), each with its
+/// role, in natural name order; unknown modules are an error.
+fn modules(ckpt: &Checkpoint) -> Result<Vec<(Module, Role)>> {
     let mut modules: BTreeMap<String, Module> = BTreeMap::new();
     for t in ckpt.tensors() {
         if !dtype::is_float(t.dtype) {
@@ -237,18 +266,17 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
         ));
     }
     mods.sort_by(|a, b| natural_cmp(&a.0.prefix, &b.0.prefix));
-    let layers: Vec<usize> = (0..mods.len())
-        .filter(|&i| matches!(mods[i].1, Role::Layer { .. }))
-        .collect();
-    if layers.len() < 2 {
-        return Err(ambiguous(
-            ckpt,
-            format!(
-                "found {} Linear/Conv layer(s); a chain needs at least 2 to have hidden units",
-                layers.len()
-            ),
-        ));
-    }
+    Ok(mods)
+}
+
+/// For each layer, the norms that normalise its outputs (by name, else the
+/// nearest layer before them), and notes on norms without running stats.
+#[allow(clippy::type_complexity)]
+fn attach_norms(
+    ckpt: &Checkpoint,
+    mods: &[(Module, Role)],
+    layers: &[usize],
+) -> Result<(BTreeMap<usize, Vec<usize>>, Vec<String>)> {
     // Attach each norm to the layer whose outputs it normalises.
     let mut norms_of: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut notes = Vec::new();
@@ -289,6 +317,17 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
         }
         norms_of.entry(owner).or_default().push(i);
     }
+    Ok((norms_of, notes))
+}
+
+/// One group per hidden layer: its outputs (with bias and norms) and the
+/// next layer's inputs (blocked channel-major after a conv → Linear flatten).
+fn chain_groups(
+    ckpt: &Checkpoint,
+    mods: &[(Module, Role)],
+    layers: &[usize],
+    norms_of: &BTreeMap<usize, Vec<usize>>,
+) -> Result<Vec<PermGroup>> {
     let mut groups = Vec::new();
     for w in layers.windows(2) {
         let (k, next) = (w[0], w[1]);
@@ -336,15 +375,7 @@ fn infer_chain(ckpt: &Checkpoint) -> Result<PermutationSpec> {
             members,
         });
     }
-    let any_conv = layers
-        .iter()
-        .any(|&l| matches!(mods[l].1, Role::Layer { conv: true, .. }));
-    let mut spec = PermutationSpec::new(
-        Some(if any_conv { "cnn-chain" } else { "mlp-chain" }.into()),
-        groups,
-    );
-    spec.notes = notes;
-    Ok(spec)
+    Ok(groups)
 }
 
 #[cfg(test)]
