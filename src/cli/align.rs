@@ -5,28 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use polymerge::alignment::{self, Permuted};
-use polymerge::average::{self, MergeInput, MergeOptions};
+use polymerge::average;
 use polymerge::checkpoint::Checkpoint;
 use polymerge::permute::{GroupPerms, ModelPermutation};
-use polymerge::pipeline::{Align, BasinGate, Merge, Output, match_pair};
+use polymerge::pipeline::{Align, BasinGate, Merge, Output, match_pair, open_pair};
 use polymerge::spec::{self, PERM_FORMAT, PermFile, PermutationSpec, SpecSource};
 use serde_json::json;
 
 use super::args::{AlignArgs, BarrierArgs, PermuteArgs, SpecArgs};
 use super::console::{Console, print_alignment};
 use super::output::{summarize, warn, warn_nonfinite};
-
-/// Opens two checkpoints that must hold the same tensors with the same
-/// shapes (else an error naming the difference).
-pub fn open_pair(a: &Path, b: &Path) -> anyhow::Result<(Checkpoint, Checkpoint)> {
-    let ca = Checkpoint::open(a)?;
-    let cb = Checkpoint::open(b)?;
-    average::plan(
-        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
-        &MergeOptions::uniform(2),
-    )?;
-    Ok((ca, cb))
-}
 
 pub fn spec(a: SpecArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&a.path)?;

@@ -2,14 +2,18 @@
 //! validated here, by clap, before any checkpoint is read — dtypes and
 //! accumulation are value enums, sizes and step lists have value parsers,
 //! the EMA profile is an argument group (exactly one profile flag), and
-//! values out of range are usage errors (exit 2). [`super::config`] turns
+//! values out of range are usage errors (exit 2); the parsers are in
+//! [`super::values`]. [`super::config`] turns
 //! the result into the library's configuration.
 
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use super::config::{parse_size, parse_step_list};
+use super::values::{
+    ByteSize, StepList, decay_arg, half_life_arg, parse_size, parse_step_list, positive, power_arg,
+    sigma_rel_arg, tau_arg,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -126,19 +130,19 @@ pub struct EmaArgs {
 #[command(group(ArgGroup::new("profile").required(true).multiple(false)))]
 pub struct ProfileArgs {
     /// EMA decay per training step (beta).
-    #[arg(long, group = "profile", value_parser = super::config::decay_arg)]
+    #[arg(long, group = "profile", value_parser = decay_arg)]
     pub decay: Option<f64>,
     /// EMA half-life in training steps.
-    #[arg(long, group = "profile", value_parser = super::config::half_life_arg)]
+    #[arg(long, group = "profile", value_parser = half_life_arg)]
     pub half_life: Option<f64>,
     /// Soft-update rate tau = 1 - beta (RL naming).
-    #[arg(long, group = "profile", value_parser = super::config::tau_arg)]
+    #[arg(long, group = "profile", value_parser = tau_arg)]
     pub tau: Option<f64>,
     /// Power-function EMA exponent gamma (Karras et al. 2024, EDM2).
-    #[arg(long, group = "profile", value_parser = super::config::power_arg)]
+    #[arg(long, group = "profile", value_parser = power_arg)]
     pub power: Option<f64>,
     /// Power-function EMA by relative width sigma_rel (EDM2).
-    #[arg(long, group = "profile", value_parser = super::config::sigma_rel_arg)]
+    #[arg(long, group = "profile", value_parser = sigma_rel_arg)]
     pub sigma_rel: Option<f64>,
     /// Uniform mean of the last K checkpoints (LAWA / SWA style).
     #[arg(long, group = "profile", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -176,22 +180,6 @@ pub enum AccumKind {
     F32,
     /// f64 for every float tensor.
     F64,
-}
-
-/// A parsed `--steps` list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StepList(pub Vec<u64>);
-
-/// A parsed size (`--max-shard-size`), in bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-fn positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        Ok(v) => Err(format!("must be a positive number, got {v}")),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 #[derive(Args, Debug)]

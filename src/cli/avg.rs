@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use polymerge::average;
 use polymerge::checkpoint::Checkpoint;
-use polymerge::pipeline::{Align, BasinGate, Merge};
+use polymerge::pipeline::{Align, Merge};
 use serde_json::json;
 
-use super::args::{AlignMode, AvgArgs, CheckArgs};
+use super::args::{AlignMode, AvgArgs};
 use super::console::{Console, GateText, refusal};
 use super::output::{summarize, warn_nonfinite};
 
@@ -44,7 +44,7 @@ pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
         .dtype(a.dtype.map(|d| d.dtype()))
         .strict_nonfinite(a.strict)
         .align(align)
-        .basin_gate(gate_of(&a.basin))
+        .basin_gate(a.basin.gate())
         .description(description);
     let console = Console::new(a.out.quiet(), "averaging").with_gate(gate);
     let report = match merge.run(&output, &console) {
@@ -56,17 +56,6 @@ pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
     warn_nonfinite(&report.nonfinite);
     summarize("averaged", &a.out, &report, ckpts.len());
     Ok(ExitCode::SUCCESS)
-}
-
-/// The basin gate of `--strict-basin` / `--no-basin-check`.
-pub fn gate_of(c: &CheckArgs) -> BasinGate {
-    if c.no_basin_check {
-        BasinGate::Off
-    } else if c.strict_basin {
-        BasinGate::Refuse
-    } else {
-        BasinGate::Warn
-    }
 }
 
 /// Opens every input, failing on the first that cannot be read.

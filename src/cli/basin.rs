@@ -9,18 +9,12 @@ use std::time::Instant;
 use polymerge::basin::{
     self, Assessment, Diagnostics, GroupDiagnostics, Summary, TensorClass, Thresholds, Verdict,
 };
-use polymerge::pipeline::{Compare, Comparison, MatchingSkipped, WhenMatching, compare};
+use polymerge::pipeline::{Compare, Comparison, MatchingSkipped, WhenMatching, compare, open_pair};
 use serde_json::json;
 
 use super::args::{BasinArgs, Matching};
 use super::console::Console;
-
-/// Exit code of `basin` for a connected pair.
-pub const EXIT_CONNECTED: u8 = 0;
-/// Exit code of `basin` (and of `avg`/`ema --strict-basin`) for a disconnected pair.
-pub const EXIT_DISCONNECTED: u8 = 3;
-/// Exit code of `basin` when the verdict is uncertain.
-pub const EXIT_UNCERTAIN: u8 = 4;
+use super::{EXIT_CONNECTED, EXIT_DISCONNECTED, EXIT_UNCERTAIN};
 
 fn exit_code(v: Verdict) -> u8 {
     match v {
@@ -52,7 +46,7 @@ fn skipped_words(s: &MatchingSkipped) -> String {
 
 pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let (ca, cb) = super::align::open_pair(&a.a, &a.b)?;
+    let (ca, cb) = open_pair(&a.a, &a.b)?;
     let opts = Compare {
         align: a.align,
         when: match a.mode {

@@ -1,5 +1,5 @@
-//! From parsed arguments to the library's configuration: value parsers
-//! used by [`super::args`], and conversions of argument structs into
+//! From parsed arguments to the library's configuration: conversions of
+//! argument structs into
 //! [`MatchOptions`], [`Output`], dtypes and EMA profiles. Combinations clap
 //! cannot express are checked here, still before any checkpoint is read,
 //! and reported as usage errors (exit 2).
@@ -8,92 +8,14 @@ use clap::CommandFactory;
 use clap::error::ErrorKind;
 use polymerge::alignment::AlignOptions;
 use polymerge::average::Accumulation;
-use polymerge::ema::{self, Decay, EmaProfile, Warmup};
-use polymerge::pipeline::{MatchOptions, Output};
+use polymerge::ema::{Decay, EmaProfile, Warmup};
+use polymerge::pipeline::{BasinGate, MatchOptions, Output};
 use polymerge::spec::SpecSource;
 use safetensors::Dtype;
 
 use super::args::{
-    AccumKind, ByteSize, Cli, EmaArgs, FloatDtype, MatchArgs, OutputArgs, StepList, WarmupKind,
+    AccumKind, CheckArgs, Cli, EmaArgs, FloatDtype, MatchArgs, OutputArgs, WarmupKind,
 };
-
-/// Parses sizes like `5GB` (decimal), `2GiB` (binary), `500MB`, `123`.
-pub fn parse_size(s: &str) -> Result<ByteSize, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size `{s}` (expected e.g. 5GB, 500MB, 2GiB)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024f64.powi(2),
-        "gib" => 1024f64.powi(3),
-        "tib" => 1024f64.powi(4),
-        _ => {
-            return Err(format!(
-                "invalid size unit in `{s}` (use B, KB, MB, GB, KiB, MiB, GiB)"
-            ));
-        }
-    };
-    let bytes = (value * mult).round();
-    if bytes < 1.0 {
-        return Err(format!("size `{s}` must be at least one byte"));
-    }
-    Ok(ByteSize(bytes as u64))
-}
-
-/// Parses `--steps 1000,2000,3000`.
-pub fn parse_step_list(s: &str) -> Result<StepList, String> {
-    ema::parse_steps(s).map(StepList).map_err(|e| e.to_string())
-}
-
-/// `--decay β`, checked by [`Decay::from_beta`].
-pub fn decay_arg(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    Decay::from_beta(v).map(|_| v).map_err(|e| e.to_string())
-}
-
-/// `--half-life STEPS`, checked by [`Decay::from_half_life`].
-pub fn half_life_arg(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    Decay::from_half_life(v)
-        .map(|_| v)
-        .map_err(|e| e.to_string())
-}
-
-/// `--tau τ`, checked by [`Decay::from_tau`].
-pub fn tau_arg(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    Decay::from_tau(v).map(|_| v).map_err(|e| e.to_string())
-}
-
-/// `--power γ`, checked by [`EmaProfile::power`].
-pub fn power_arg(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    EmaProfile::power(v).map(|_| v).map_err(|e| e.to_string())
-}
-
-/// `--sigma-rel σ`, checked by [`EmaProfile::power_from_sigma_rel`].
-pub fn sigma_rel_arg(s: &str) -> Result<f64, String> {
-    let v = number(s)?;
-    EmaProfile::power_from_sigma_rel(v)
-        .map(|_| v)
-        .map_err(|e| e.to_string())
-}
-
-fn number(s: &str) -> Result<f64, String> {
-    s.trim()
-        .parse::<f64>()
-        .map_err(|_| format!("`{s}` is not a number"))
-}
 
 /// A usage error (exit 2) in clap's format.
 fn usage(kind: ErrorKind, msg: impl std::fmt::Display) -> clap::Error {
@@ -139,6 +61,19 @@ impl MatchArgs {
                 max_iter: self.max_iter,
                 init: None,
             },
+        }
+    }
+}
+
+impl CheckArgs {
+    /// The basin gate of `--strict-basin` / `--no-basin-check`.
+    pub fn gate(&self) -> BasinGate {
+        if self.no_basin_check {
+            BasinGate::Off
+        } else if self.strict_basin {
+            BasinGate::Refuse
+        } else {
+            BasinGate::Warn
         }
     }
 }

@@ -196,7 +196,7 @@ pub fn refusal(pairs: &[RefusedPair], gate: &GateText) -> std::process::ExitCode
         );
     }
     eprintln!("polymerge: error: refusing to write (--strict-basin); nothing was written");
-    std::process::ExitCode::from(super::basin::EXIT_DISCONNECTED)
+    std::process::ExitCode::from(super::EXIT_DISCONNECTED)
 }
 
 /// A byte-count progress bar on stderr; hidden when stderr is not a terminal

@@ -8,7 +8,6 @@ use polymerge::pipeline::{Align, Merge};
 use serde_json::json;
 
 use super::args::EmaArgs;
-use super::avg::gate_of;
 use super::console::{Console, GateText, refusal};
 use super::output::{summarize, warn, warn_nonfinite};
 
@@ -97,7 +96,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         } else {
             Align::None
         })
-        .basin_gate(gate_of(&a.basin))
+        .basin_gate(a.basin.gate())
         .basin_pairs(ema::basin_pair(&used_w).into_iter().collect())
         .description(description);
     let console = Console::new(a.out.quiet(), "ema").with_gate(gate);

@@ -13,6 +13,7 @@ mod ema;
 mod hints;
 mod inspect;
 mod output;
+mod values;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,12 @@ use clap::Parser;
 
 /// Exit code for any error (bad input, failed write ...).
 pub const EXIT_ERROR: u8 = 1;
+/// Exit code of `basin` for a connected pair.
+pub const EXIT_CONNECTED: u8 = 0;
+/// Exit code of `basin` (and of `avg`/`ema --strict-basin`) for a disconnected pair.
+pub const EXIT_DISCONNECTED: u8 = 3;
+/// Exit code of `basin` when the verdict is uncertain.
+pub const EXIT_UNCERTAIN: u8 = 4;
 
 /// Parses the command line and runs the command.
 pub fn run() -> anyhow::Result<ExitCode> {

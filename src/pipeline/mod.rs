@@ -40,6 +40,19 @@ pub use crate::observe::{Event, Observer, Phase, Silent};
 pub use compare::{Compare, Comparison, MatchingSkipped, WhenMatching, compare};
 pub use matching::{MatchOptions, align_many, align_to_first, match_pair};
 
+/// Opens two checkpoints that must hold the same tensors with the same
+/// shapes and compatible dtypes (else an error naming the difference): the
+/// inputs of a comparison or of an alignment of one onto the other.
+pub fn open_pair(a: &Path, b: &Path) -> Result<(Checkpoint, Checkpoint)> {
+    let ca = Checkpoint::open(a)?;
+    let cb = Checkpoint::open(b)?;
+    average::plan(
+        &[MergeInput::plain(&ca), MergeInput::plain(&cb)],
+        &MergeOptions::uniform(2),
+    )?;
+    Ok((ca, cb))
+}
+
 /// How the inputs are brought into one unit order before averaging.
 #[derive(Clone, Debug, Default)]
 pub enum Align {

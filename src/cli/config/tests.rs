@@ -7,6 +7,7 @@ use polymerge::ema::{EmaProfile, Warmup};
 
 use super::*;
 use crate::cli::args::Command;
+use crate::cli::values::parse_size;
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs())
