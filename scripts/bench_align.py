@@ -4,6 +4,13 @@ and, optionally, `polymerge align` on the same model pairs.
 
     python3 scripts/bench_align.py                          # reference only
     python3 scripts/bench_align.py --polymerge target/release/polymerge
+    python3 scripts/bench_align.py --polymerge target/release/polymerge --f64
+
+The reference multiplies in f32 by default, like the paper's code (JAX's
+default dtype): f32 GEMMs for the similarity matrices, scipy's
+linear_sum_assignment for the assignments.  --f64 runs it in its former f64
+mode (f64 tensors and GEMMs), which is slower and was the reference of the
+README's first speed table.
 
 Cases:
   random-4x2048  two random-init MLPs (torch default nn.Linear init,
@@ -20,7 +27,8 @@ Cases:
   digits-w512    fixtures/mlp/run_seed0.safetensors vs run_seed1.safetensors
                  (run `python3 fixtures/generate_mlp.py` first).
 
-For each case the reference CLI is run as a subprocess (rng seed 0); its
+For each case the reference CLI is run as a subprocess (rng seed 0, its own
+numpy group order; --same-order gives it polymerge's SplitMix64 order); its
 in-process algorithm time ("seconds", excluding imports and loading) and the
 subprocess wall time are reported.  With --polymerge PATH, `PATH align A B -o
 OUT --json` is timed (wall) on the same pair; the objective is taken from its
@@ -76,10 +84,15 @@ def make_random_pair(outdir: Path, width: int, hidden: int, naming: str):
     return paths
 
 
-def run_reference(a: Path, b: Path, outdir: Path, seed: int, max_iter: int):
+def run_reference(a: Path, b: Path, outdir: Path, seed: int, max_iter: int, f64: bool,
+                  same_order: bool):
     perm_out = outdir / f"ref_{a.stem}__{b.stem}.perm.json"
     cmd = [sys.executable, str(REF_CLI), str(a), str(b), "--seed", str(seed),
            "--max-iter", str(max_iter), "--no-perms", "--perm-out", str(perm_out)]
+    if f64:
+        cmd.append("--f64")
+    if same_order:
+        cmd += ["--order", "polymerge"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -134,9 +147,9 @@ def objective_of_output(a: Path, b: Path, out: Path):
     return rwm.objective(pa, aligned)
 
 
-def run_polymerge(exe: str, a: Path, b: Path, outdir: Path):
+def run_polymerge(exe: str, a: Path, b: Path, outdir: Path, seed: int):
     out = outdir / f"polymerge_{a.stem}__{b.stem}.safetensors"
-    cmd = [exe, "align", str(a), str(b), "-o", str(out), "--json", "--force"]
+    cmd = [exe, "align", str(a), str(b), "-o", str(out), "--json", "--force", "--seed", str(seed)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -171,28 +184,37 @@ def fmt(v, spec=".6g"):
 
 def bench_case(name, a, b, args, outdir):
     print(f"\n== {name}: {a.name} vs {b.name}", flush=True)
-    ref = run_reference(a, b, outdir, args.seed, args.max_iter)
-    print(f"reference : algorithm {ref['seconds']:.3f} s (cpu {ref['cpu_seconds']:.3f} s), "
+    ref = run_reference(a, b, outdir, args.seed, args.max_iter, args.f64, args.same_order)
+    print(f"reference : {ref['precision']}, {ref['order']} order, "
+          f"algorithm {ref['seconds']:.3f} s (cpu {ref['cpu_seconds']:.3f} s), "
           f"process wall {ref['wall']:.3f} s, "
           f"{ref['sweeps']} sweeps, objective {ref['objective_before']:.6f} -> "
           f"{ref['objective_after']:.6f}", flush=True)
     row = {"case": name, "a": str(a), "b": str(b), "reference": ref}
     if args.polymerge:
-        pm = run_polymerge(args.polymerge, a, b, outdir)
+        pm = run_polymerge(args.polymerge, a, b, outdir, args.seed)
         row["polymerge"] = pm
         if pm.get("returncode") != 0:
             print(f"polymerge : FAILED (rc {pm['returncode']}) after {pm['wall']:.3f} s:\n"
                   f"{pm.get('error', '')}", flush=True)
         else:
-            print(f"polymerge : wall {pm['wall']:.3f} s, objective reported "
+            js = pm.get("json") or {}
+            pm_alg = js.get("seconds") if isinstance(js.get("seconds"), (int, float)) else None
+            print(f"polymerge : wall {pm['wall']:.3f} s (algorithm {fmt(pm_alg, '.3f')} s, "
+                  f"{js.get('sweeps', '-')} sweeps), objective reported "
                   f"{fmt(pm['objective_reported'], '.6f')}, recomputed "
                   f"{fmt(pm['objective_recomputed'], '.6f')}", flush=True)
             row["ratio_ref_wall_over_polymerge_wall"] = ref["wall"] / pm["wall"]
             row["ratio_ref_algorithm_over_polymerge_wall"] = ref["seconds"] / pm["wall"]
+            alg = ""
+            if pm_alg:
+                row["ratio_ref_algorithm_over_polymerge_algorithm"] = ref["seconds"] / pm_alg
+                alg = (f", algorithm / algorithm = "
+                       f"{row['ratio_ref_algorithm_over_polymerge_algorithm']:.2f}x")
             print(f"ratio     : reference wall / polymerge wall = "
                   f"{row['ratio_ref_wall_over_polymerge_wall']:.2f}x "
                   f"(reference algorithm-only / polymerge wall = "
-                  f"{row['ratio_ref_algorithm_over_polymerge_wall']:.2f}x)", flush=True)
+                  f"{row['ratio_ref_algorithm_over_polymerge_wall']:.2f}x{alg})", flush=True)
             obj = pm["objective_recomputed"] if pm["objective_recomputed"] is not None \
                 else pm["objective_reported"]
             if obj is not None:
@@ -209,7 +231,11 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--hidden-layers", type=int, default=4)
     ap.add_argument("--naming", choices=("sequential", "contiguous"), default="sequential")
-    ap.add_argument("--seed", type=int, default=0, help="reference rng seed")
+    ap.add_argument("--seed", type=int, default=0, help="group-order seed (both tools)")
+    ap.add_argument("--f64", action="store_true",
+                    help="reference in f64 (default: f32 GEMMs, like the paper's code)")
+    ap.add_argument("--same-order", action="store_true",
+                    help="reference visits groups in polymerge's order (SplitMix64)")
     ap.add_argument("--max-iter", type=int, default=100)
     ap.add_argument("--keep", help="write the models and outputs here instead of a temp dir")
     ap.add_argument("--skip-random", action="store_true")
