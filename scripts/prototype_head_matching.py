@@ -1166,6 +1166,30 @@ def recovery(a_dir: Path, b_dir: Path, key: str, pm: str, work: Path, variants: 
     return out
 
 
+def residual_breakdown(P: Pair) -> dict:
+    """At the identity: the residual group's similarity matrix split by the
+    kind of member (anchored: other axes permuted by no group; vector: 1-D;
+    attention / ffn: other axis in a heads / FFN group), each part's spread
+    after double centring (row and column means removed; what a LAP sees)."""
+    prob = P.ph
+    gi = prob.index["residual"]
+    g = prob.spec.groups[gi]
+    ga = group_axes(prob.spec)
+    parts = {}
+    for m in g.members:
+        wa = np.moveaxis(prob.a[m.tensor], m.axis, 0).reshape(g.size, -1).astype(np.float64)
+        wb = np.moveaxis(prob.b[m.tensor], m.axis, 0).reshape(g.size, -1).astype(np.float64)
+        nd = prob.a[m.tensor].ndim
+        kinds = {prob.spec.groups[o].kind for ax in range(nd) if ax != m.axis for o in ga.get((m.tensor, ax), ())}
+        key = "vector" if nd == 1 else "anchored" if not kinds else "ffn" if "ffn" in kinds else "attention"
+        parts[key] = parts.get(key, 0) + wa @ wb.T
+    out = {}
+    for k, S in parts.items():
+        D = S - S.mean(0, keepdims=True) - S.mean(1, keepdims=True) + S.mean()
+        out[k] = round(float(D.std()), 4)
+    return out
+
+
 # =========================================================================== report
 ORDER = ["polymerge", "baseline", "perhead", "nested", "shared_nested", "frob", "cross", "resfirst",
          "anc_raw", "anc", "anc_prop_raw", "anc_prop", "anc_prop_init", "anc_plain", "anc_shared", "anc_shared_nested",
@@ -1303,6 +1327,8 @@ def main() -> int:
     ap.add_argument("--md-out", type=Path)
     ap.add_argument("--recovery", action="store_true",
                     help="exact-recovery check on permuted copies (fixtures/transformers, trained GPT-2 seed0_permuted*)")
+    ap.add_argument("--residual-breakdown", action="store_true",
+                    help="diagnostic: the residual group's similarity at the identity split by member kind")
     ap.add_argument("--ortho", action="store_true",
                     help="diagnostic: the given variants followed by orthogonal within-head alignment (not a permutation)")
     ap.add_argument("--recovery-only", help="substrings of recovery cases to run")
@@ -1320,6 +1346,18 @@ def main() -> int:
         results = json.loads(args.json_out.read_text())
         results.setdefault("restarts", {})
     variants = [v for v in args.variants.split(",") if v]
+    if args.residual_breakdown:
+        for fam in args.families.split(","):
+            fam_dir = args.trained / fam
+            for pr in args.pairs.split(","):
+                i, j = (int(x) for x in pr.split("-"))
+                P = Pair(fam_dir / f"seed{i}", fam_dir / f"seed{j}", f"{fam}/seed{i}~seed{j}", args.polymerge, None, args.work, fam)
+                b = residual_breakdown(P)
+                results["pairs"].setdefault(P.id, {"variants": {}})["residual_breakdown"] = b
+                print(f"{P.id}: residual similarity at the identity, spread after double centring: {b}", flush=True)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(results, indent=1, default=_np))
+        return 0
     if args.ortho:
         for fam in args.families.split(","):
             fam_dir = args.trained / fam
