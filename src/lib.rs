@@ -73,6 +73,7 @@ pub mod kernels;
 pub mod observe;
 pub mod permute;
 pub mod pipeline;
+pub mod recipe;
 pub mod similarity;
 pub mod spec;
 pub mod stats;
