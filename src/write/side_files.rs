@@ -134,7 +134,12 @@ impl Copy<'_> {
                     ));
                     continue;
                 }
-                self.dir(&path, &rel.join(&name), depth + 1)?;
+                // Created even when empty: sentence-transformers'
+                // `2_Normalize/` holds nothing but must exist.
+                let sub = rel.join(&name);
+                let to = self.staging.join(&sub);
+                fs::create_dir_all(&to).map_err(|e| output_error(self.target, &to, e))?;
+                self.dir(&path, &sub, depth + 1)?;
             } else if meta.is_file() {
                 if is_weight_file(&name) {
                     if depth > 0 {
@@ -153,9 +158,7 @@ impl Copy<'_> {
                     ));
                     continue;
                 }
-                let to_dir = self.staging.join(rel);
-                fs::create_dir_all(&to_dir).map_err(|e| output_error(self.target, &to_dir, e))?;
-                let to = to_dir.join(&name);
+                let to = self.staging.join(rel).join(&name);
                 fs::copy(&path, &to).map_err(|e| output_error(self.target, &to, e))?;
             }
             // Sockets, FIFOs, devices: never side files.

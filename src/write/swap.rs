@@ -41,9 +41,10 @@ pub(super) fn is_weight_name(name: &str) -> bool {
     }
 }
 
-/// Every regular file under `staging`, as paths relative to it, in
-/// directory-before-contents order.
-fn staged_files(staging: &Path) -> Result<Vec<PathBuf>> {
+/// Every folder and every regular file under `staging`, as paths relative
+/// to it.
+fn staged_files(staging: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut dirs = Vec::new();
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -57,13 +58,14 @@ fn staged_files(staging: &Path) -> Result<Vec<PathBuf>> {
             let r = rel.join(e.file_name());
             let t = e.file_type().map_err(|err| Error::io(e.path(), err))?;
             if t.is_dir() {
+                dirs.push(r.clone());
                 stack.push(r);
             } else {
                 out.push(r);
             }
         }
     }
-    Ok(out)
+    Ok((dirs, out))
 }
 
 fn blocked(target: &Path, entry: PathBuf, reason: &'static str) -> Error {
@@ -73,11 +75,12 @@ fn blocked(target: &Path, entry: PathBuf, reason: &'static str) -> Error {
     }
 }
 
-/// Fails, before anything moves, if a staged file cannot be renamed over
-/// what is at its place: a directory there, or a parent that is a file or a
-/// symbolic link (a rename through it could land outside the directory).
-fn check_way(target: &Path, files: &[PathBuf]) -> Result<()> {
-    for rel in files {
+/// Fails, before anything moves, if a staged file (or folder, `dirs`)
+/// cannot be put at its place: a directory where a file goes, a file where
+/// a folder goes, or a symbolic link where a folder goes (writing through it
+/// could land outside the directory).
+fn check_way(target: &Path, paths: &[PathBuf], dirs: bool) -> Result<()> {
+    for rel in paths {
         let mut at = target.to_path_buf();
         let mut parts = rel.components().peekable();
         while let Some(c) = parts.next() {
@@ -87,13 +90,14 @@ fn check_way(target: &Path, files: &[PathBuf]) -> Result<()> {
             };
             let last = parts.peek().is_none();
             let t = meta.file_type();
-            if last && t.is_dir() {
+            let folder = dirs || !last;
+            if !folder && t.is_dir() {
                 return Err(blocked(target, at, "a directory is in the way"));
             }
-            if !last && t.is_symlink() {
+            if folder && t.is_symlink() {
                 return Err(blocked(target, at, "it is a symbolic link"));
             }
-            if !last && !t.is_dir() {
+            if folder && !t.is_dir() {
                 return Err(blocked(target, at, "it is not a directory"));
             }
         }
@@ -132,8 +136,9 @@ fn stale_weights(target: &Path, new: &BTreeSet<&str>) -> Vec<PathBuf> {
 /// replacing files of the same names, and removes stale weight files of an
 /// earlier output. Returns the files written.
 pub(super) fn swap_into(staging: &Path, target: &Path) -> Result<Vec<PathBuf>> {
-    let files = staged_files(staging)?;
-    check_way(target, &files)?;
+    let (dirs, files) = staged_files(staging)?;
+    check_way(target, &dirs, true)?;
+    check_way(target, &files, false)?;
     let top: BTreeSet<&str> = files
         .iter()
         .filter(|f| f.components().count() == 1)
@@ -154,6 +159,10 @@ pub(super) fn swap_into(staging: &Path, target: &Path) -> Result<Vec<PathBuf>> {
         }
         fs::rename(staging.join(rel), &to).map_err(|e| Error::io(&to, e))
     };
+    for d in &dirs {
+        let to = target.join(d);
+        fs::create_dir_all(&to).map_err(|e| Error::io(&to, e))?;
+    }
     for f in side {
         rename(f)?;
     }

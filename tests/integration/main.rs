@@ -17,5 +17,6 @@ mod inspect_cli;
 mod interrupted_write;
 mod output_layout;
 mod properties;
+mod side_folders;
 mod transformers;
 mod write_roundtrip;
