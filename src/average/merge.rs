@@ -164,6 +164,9 @@ pub fn run(
     let writer = outcome?;
     let written = writer.finish()?;
     observer.event(&Event::Finished { phase });
+    for note in &written.notes {
+        observer.event(&Event::Warning(note));
+    }
     Ok(MergeReport {
         tensors: plan.tensors.len(),
         params,
