@@ -13,6 +13,7 @@ mod ema;
 mod hints;
 mod inspect;
 mod output;
+mod plots;
 mod values;
 
 use std::process::ExitCode;

@@ -16,6 +16,7 @@ mod input_forms;
 mod inspect_cli;
 mod interrupted_write;
 mod output_layout;
+mod plots;
 mod properties;
 mod side_folders;
 mod transformers;
