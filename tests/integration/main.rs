@@ -9,6 +9,7 @@ mod avg_cli;
 mod bad_input;
 mod basin;
 mod checkpoint_io;
+mod completions;
 mod corrupt_input;
 mod ema_cli;
 mod force_in_place;
