@@ -29,7 +29,7 @@ use std::time::Instant;
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::average::{self, Accumulation, MergeInput, MergeOptions, MergeReport};
+use crate::average::{self, Accumulation, MergeInput, MergeOptions, MergeReport, Numerics};
 use crate::basin::{self, Assessment, Thresholds, Verdict};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, UsageError};
@@ -198,6 +198,12 @@ impl<'a> Merge<'a> {
     /// Precision of the running sum.
     pub fn accumulation(mut self, accumulation: Accumulation) -> Self {
         self.options.accumulation = accumulation;
+        self
+    }
+
+    /// The averaging formula (PyTorch's mean by default, or mergekit's linear).
+    pub fn numerics(mut self, numerics: Numerics) -> Self {
+        self.options.numerics = numerics;
         self
     }
 

@@ -19,6 +19,7 @@ mod interrupted_write;
 mod output_layout;
 mod plots;
 mod properties;
+mod recipe;
 mod side_folders;
 mod transformers;
 mod write_roundtrip;
