@@ -8,6 +8,7 @@ mod align;
 mod avg_cli;
 mod bad_input;
 mod basin;
+mod basin_trained;
 mod checkpoint_io;
 mod completions;
 mod corrupt_input;
