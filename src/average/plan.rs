@@ -75,6 +75,13 @@ pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
                 };
                 (out, action)
             }
+            Kind::Exact if inputs.len() > 1 && super::is_counter(&t.name) => {
+                let from = match opts.counters {
+                    super::CounterRule::First => 0,
+                    super::CounterRule::Last => inputs.len() - 1,
+                };
+                (t.dtype, Action::Counter(from))
+            }
             Kind::Exact if inputs.len() > 1 => (t.dtype, Action::CopyExact),
             Kind::Exact => (t.dtype, Action::Copy),
             Kind::Opaque => {

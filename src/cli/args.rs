@@ -146,9 +146,12 @@ pub struct EmaArgs {
     /// Print every checkpoint's step and effective weight (stderr; in the JSON with --json).
     #[arg(long)]
     pub print_weights: bool,
-    /// Only compute and print the weights; write nothing.
+    /// Only compute and print the weights; write no checkpoint (a --plot is still drawn).
     #[arg(long)]
     pub dry_run: bool,
+    /// Draw every checkpoint's weight over its step into this SVG file (--force replaces it).
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
     /// Make NaN/Inf values in the inputs an error instead of a warning.
     #[arg(long)]
     pub strict: bool,
@@ -241,6 +244,19 @@ pub struct BarrierArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub plot: PlotArgs,
+}
+
+/// `--plot` of commands that write no checkpoint (with a `--force` of its own).
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Draw the results into this SVG file.
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
+    /// Replace an existing plot file.
+    #[arg(long, requires = "plot")]
+    pub force: bool,
 }
 
 /// Options of weight matching, shared by `align` and `avg --align`.
@@ -395,6 +411,8 @@ pub struct BasinArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub plot: PlotArgs,
 }
 
 /// The basin check options of `avg` and `ema`.

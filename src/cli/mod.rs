@@ -14,6 +14,7 @@ mod ema;
 mod hints;
 mod inspect;
 mod output;
+mod plots;
 mod recipe;
 mod values;
 

@@ -310,6 +310,10 @@ pub enum OutputError {
     IsDirectory,
     #[error("directory `{}` does not exist", .0.display())]
     NoDirectory(PathBuf),
+    #[error("a plot is written as SVG: the path must end in .svg")]
+    NotSvg,
+    #[error("is not a regular file")]
+    NotRegularFile,
     /// `--force` into an existing directory: something there cannot be
     /// replaced by the file polymerge writes (checked before anything moves).
     #[error("cannot replace `{}`: {reason}", .entry.display())]

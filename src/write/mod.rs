@@ -15,6 +15,7 @@ mod files;
 mod layout;
 mod shard;
 mod side_files;
+mod small;
 mod swap;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use side_files::copy_side_files;
 pub use files::refuse_existing;
 pub use layout::{OutputLayout, TensorPlan};
 pub use side_files::MAX_SIDE_FILE_BYTES;
+pub use small::write_file_atomic;
 
 /// Default largest shard of a directory output: 5 GB, the default of
 /// `transformers`' `save_pretrained(max_shard_size="5GB")` (decimal units).
