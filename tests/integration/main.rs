@@ -18,6 +18,7 @@ mod inspect_cli;
 mod interrupted_write;
 mod output_layout;
 mod plots;
+mod progress;
 mod properties;
 mod side_folders;
 mod transformers;
