@@ -74,6 +74,7 @@ pub mod observe;
 pub mod permute;
 pub mod pipeline;
 pub mod plot;
+pub mod recipe;
 pub mod similarity;
 pub mod spec;
 pub mod stats;

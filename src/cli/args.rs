@@ -75,6 +75,11 @@ pub enum Command {
         after_help = "Examples:\n  polymerge basin a.safetensors b.safetensors\n  polymerge basin a.safetensors b.safetensors --align --json\n\nExit codes: 0 connected, 3 disconnected, 4 uncertain (1 error, 2 usage). See docs/basin.md."
     )]
     Basin(BasinArgs),
+    /// Run a mergekit recipe (YAML, `merge_method: linear`) with mergekit's numerics.
+    #[command(
+        after_help = "Examples:\n  polymerge recipe merge.yml -o merged/\n  polymerge recipe soup.yml -o soup.safetensors --json\n\nUnderstood: merge_method: linear; models: [{model: PATH, parameters: {weight: W}}];\nparameters: {normalize, weight}; dtype; out_dtype; align: true|many (polymerge extension).\nModel paths are relative to the recipe file. Any other key is an error. See docs/recipes.md."
+    )]
+    Recipe(RecipeArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         after_help = "Examples:\n  polymerge completions bash > ~/.local/share/bash-completion/completions/polymerge\n  polymerge completions zsh > ~/.zfunc/_polymerge\n  polymerge completions fish > ~/.config/fish/completions/polymerge.fish"
@@ -85,6 +90,19 @@ pub enum Command {
         after_help = "Examples:\n  polymerge man > polymerge.1\n  polymerge man avg > polymerge-avg.1\n  polymerge man | man -l -"
     )]
     Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RecipeArgs {
+    /// The recipe: mergekit YAML.
+    pub recipe: PathBuf,
+    /// Make NaN/Inf values in the inputs an error instead of a warning.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub basin: CheckArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Args, Debug)]

@@ -150,7 +150,7 @@ fn print_json(a: &BasinArgs, c: &Comparison, th: &Thresholds, code: u8, start: I
         "check_seconds": c.check_seconds,
         "seconds": start.elapsed().as_secs_f64(),
     });
-    println!("{j}");
+    let _ = super::output::print_stdout(&format!("{j}\n"));
 }
 
 fn print_tensors(d: &Diagnostics, before: Option<&Diagnostics>) {

@@ -101,6 +101,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     let merge = Merge::new(used.iter().map(|(s, _)| &ckpts[s.index]))
         .weights(used_w.clone())
         .accumulation(a.accum.accumulation())
+        .counters(polymerge::average::CounterRule::Last)
         .dtype(a.dtype.map(|d| d.dtype()))
         .strict_nonfinite(a.strict)
         .align(if a.align {

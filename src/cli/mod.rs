@@ -15,6 +15,7 @@ mod hints;
 mod inspect;
 mod output;
 mod plots;
+mod recipe;
 mod values;
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Barrier(a) => align::barrier(a),
         args::Command::Ema(a) => ema::run(a),
         args::Command::Basin(a) => basin::run(a),
+        args::Command::Recipe(a) => recipe::run(a),
         args::Command::Completions(a) => completions::completions(a),
         args::Command::Man(a) => completions::man(a),
     }
