@@ -165,6 +165,9 @@ pub fn run(
     let writer = outcome?;
     let written = writer.finish()?;
     observer.event(&Event::Finished { phase });
+    for note in &written.notes {
+        observer.event(&Event::Warning(note));
+    }
     if let Some((from, path)) = counter_from {
         let which = if from == 0 {
             "the first input"

@@ -75,6 +75,29 @@ pub enum Command {
         after_help = "Examples:\n  polymerge basin a.safetensors b.safetensors\n  polymerge basin a.safetensors b.safetensors --align --json\n\nExit codes: 0 connected, 3 disconnected, 4 uncertain (1 error, 2 usage). See docs/basin.md."
     )]
     Basin(BasinArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
+    #[command(
+        after_help = "Examples:\n  polymerge completions bash > ~/.local/share/bash-completion/completions/polymerge\n  polymerge completions zsh > ~/.zfunc/_polymerge\n  polymerge completions fish > ~/.config/fish/completions/polymerge.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of polymerge or of one of its commands on stdout.
+    #[command(
+        after_help = "Examples:\n  polymerge man > polymerge.1\n  polymerge man avg > polymerge-avg.1\n  polymerge man | man -l -"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A command (e.g. avg) whose own page to print; default: the main page.
+    pub command: Option<String>,
 }
 
 #[derive(Args, Debug)]

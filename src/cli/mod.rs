@@ -7,6 +7,7 @@ mod align;
 mod args;
 mod avg;
 mod basin;
+mod completions;
 mod config;
 mod console;
 mod ema;
@@ -40,6 +41,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Barrier(a) => align::barrier(a),
         args::Command::Ema(a) => ema::run(a),
         args::Command::Basin(a) => basin::run(a),
+        args::Command::Completions(a) => completions::completions(a),
+        args::Command::Man(a) => completions::man(a),
     }
 }
 

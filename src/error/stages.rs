@@ -310,6 +310,13 @@ pub enum OutputError {
     IsDirectory,
     #[error("directory `{}` does not exist", .0.display())]
     NoDirectory(PathBuf),
+    /// `--force` into an existing directory: something there cannot be
+    /// replaced by the file polymerge writes (checked before anything moves).
+    #[error("cannot replace `{}`: {reason}", .entry.display())]
+    Blocked {
+        entry: PathBuf,
+        reason: &'static str,
+    },
     /// Writing failed, at the target or at a temporary beside it.
     #[error("cannot write{}", temporary.as_ref().map(|t| format!(" (temporary `{}`)", t.display())).unwrap_or_default())]
     Write {
