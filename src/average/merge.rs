@@ -71,11 +71,13 @@ pub fn run(
                 if matches!(pt.action, Action::CopyExact) {
                     check_identical(&sources)?;
                 }
-                if averaged {
+                // Float parameters written, averaged or (one input,
+                // `permute`) copied.
+                if averaged || dtype::is_float(pt.plan.dtype) {
                     params += numel as u64;
-                    if let Some(s) = sink.as_deref_mut() {
-                        s.begin(&pt.plan.name, &pt.plan.shape);
-                    }
+                }
+                if averaged && let Some(s) = sink.as_deref_mut() {
+                    s.begin(&pt.plan.name, &pt.plan.shape);
                 }
                 for range in Chunks::new(&sources, numel) {
                     // A recycled buffer is not cleared: every byte of it is

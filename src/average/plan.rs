@@ -106,7 +106,24 @@ pub fn validate_weights(weights: &[f64], inputs: usize) -> Result<()> {
         }
         .into());
     }
+    // The merge uses each weight as f32, accumulates Σ wᵢ·xᵢ in f32 and
+    // divides by f32(Σw): check what is used, not the f64 given.
+    if let Some((i, &w)) = weights
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !(**w as f32).is_finite())
+    {
+        return Err(WeightsError::F32Range {
+            position: i + 1,
+            value: w,
+        }
+        .into());
+    }
     let sum: f64 = weights.iter().sum();
+    let magnitude: f32 = weights.iter().map(|&w| (w as f32).abs()).sum();
+    if !sum.is_finite() || !(sum as f32).is_finite() || !magnitude.is_finite() {
+        return Err(WeightsError::SumRange.into());
+    }
     if sum == 0.0 || (sum as f32) == 0.0 {
         return Err(WeightsError::SumZero.into());
     }

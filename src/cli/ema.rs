@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::args::EmaArgs;
 use super::console::{Console, GateText, refusal};
-use super::output::{summarize, warn, warn_nonfinite};
+use super::output::{print_line, summarize, warn, warn_nonfinite};
 
 pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     let profile = a.ema_profile().unwrap_or_else(|e| e.exit());
@@ -28,6 +28,11 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         ))
         .exit();
     }
+    let matching = if a.align {
+        Some(a.matching.options()?)
+    } else {
+        None
+    };
     let ckpts: Vec<Checkpoint> = a
         .inputs
         .iter()
@@ -57,10 +62,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     }
     if a.dry_run {
         if a.out.json {
-            println!(
-                "{}",
-                json!({"profile": profile.to_string(), "weights": rows})
-            );
+            print_line(json!({"profile": profile.to_string(), "weights": rows}))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -91,11 +93,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         .accumulation(a.accum.accumulation())
         .dtype(a.dtype.map(|d| d.dtype()))
         .strict_nonfinite(a.strict)
-        .align(if a.align {
-            Align::ToFirst(a.matching.options())
-        } else {
-            Align::None
-        })
+        .align(matching.map_or(Align::None, Align::ToFirst))
         .basin_gate(a.basin.gate())
         .basin_pairs(ema::basin_pair(&used_w).into_iter().collect())
         .description(description);
@@ -110,6 +108,6 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     if a.out.json && a.print_weights {
         eprintln!("{}", json!({"weights": rows}));
     }
-    summarize("ema of", &a.out, &report, used.len());
+    summarize("ema of", &a.out, &report, used.len())?;
     Ok(ExitCode::SUCCESS)
 }
