@@ -13,8 +13,9 @@
 //! since `g`'s last visit: its matrix and warm start would be the same, so
 //! the solve would repeat its last answer (this changes no result, only
 //! saves the work, which matters most in the final, confirming sweep).
-//! The objective reported is `Σ_t ⟨A_t, π(B)_t⟩` over all float tensors, in
-//! f64.
+//! The objective reported is `Σ_t ⟨A_t, π(B)_t⟩` over all float tensors
+//! except the spec's buffers (BatchNorm running statistics, see
+//! [`crate::spec::AxisMember::buffer`]: permuted, never matched on), in f64.
 //!
 //! The module follows the data flow of one descent: [`source`] (what is
 //! read), [`step`] (one group visit: similarity and assignment, pluggable
@@ -185,7 +186,8 @@ fn initial_perms(spec: &PermutationSpec, opts: &AlignOptions) -> Result<GroupPer
     Ok(perms)
 }
 
-/// The objective `Σ_t ⟨A_t, π(B)_t⟩` with B seen through `perms`.
+/// The objective `Σ_t ⟨A_t, π(B)_t⟩` with B seen through `perms`, buffers
+/// left out.
 fn objective_under(
     spec: &PermutationSpec,
     a: &dyn WeightSource,
@@ -197,7 +199,11 @@ fn objective_under(
         source: b,
         perm: &perm,
     };
-    objective(a, &view, &a.float_names())
+    let buffers = spec.buffer_tensors();
+    let names: Vec<String> = (a.float_names().into_iter())
+        .filter(|n| !buffers.contains(n.as_str()))
+        .collect();
+    objective(a, &view, &names)
 }
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a tiny seeded generator, enough

@@ -208,3 +208,55 @@ fn visits_whose_neighbours_did_not_change_are_skipped_and_the_answer_is_exact() 
     let objective_a = objective(&a, &a, &a.float_names()).unwrap();
     assert!((r.objective_after - objective_a).abs() <= 1e-6 * objective_a);
 }
+
+/// One group of 2 units: a weight `w` [2, 2] and a buffer `rv` [2]. B's
+/// weights are A's with the units swapped, while its buffer, large and alike
+/// across runs (like BatchNorm running variances), sits in A's order: matched
+/// on the buffer too, the identity wins; as a buffer it is permuted with the
+/// group but ignored by the matching.
+#[test]
+fn buffers_are_permuted_but_never_matched_on() {
+    let mem = |w: [f32; 4], rv: [f32; 2]| {
+        Mem(HashMap::from([
+            ("w".to_string(), (vec![2, 2], w.to_vec())),
+            ("rv".to_string(), (vec![2], rv.to_vec())),
+        ]))
+    };
+    let a = mem([1.0, 2.0, 3.0, 4.0], [100.0, 1.0]);
+    let b = mem([3.0, 4.0, 1.0, 2.0], [100.0, 1.0]);
+    let spec_with = |buffer: bool| {
+        PermutationSpec::new(
+            None,
+            vec![group(
+                "g",
+                2,
+                "channels",
+                vec![
+                    AxisMember::plain("w", 0),
+                    AxisMember {
+                        buffer,
+                        ..AxisMember::plain("rv", 0)
+                    },
+                ],
+            )],
+        )
+    };
+    let opts = AlignOptions::default();
+    // As a weight: identity scores 1·3+2·4+3·1+4·2 + 100·100+1 = 10023,
+    // the swap 1+4+9+16 + 100+100 = 230: the buffer keeps the wrong order.
+    let r = weight_matching(&spec_with(false), &a, &b, &opts, &()).unwrap();
+    assert_eq!(r.perms[0], vec![0, 1]);
+    assert_eq!(r.objective_after, 10023.0);
+    // As a buffer: only `w` counts (22 -> 30), and the swap is found.
+    let spec = spec_with(true);
+    assert_eq!(
+        spec.buffer_tensors().into_iter().collect::<Vec<_>>(),
+        vec!["rv"]
+    );
+    let r = weight_matching(&spec, &a, &b, &opts, &()).unwrap();
+    assert_eq!(r.perms[0], vec![1, 0]);
+    assert_eq!((r.objective_before, r.objective_after), (22.0, 30.0));
+    // The buffer still moves with its group.
+    let perm = model_permutation(&spec, &b, &r.perms, None).unwrap();
+    assert_eq!(perm.tensors["rv"].axes[0], Some(vec![1, 0]));
+}

@@ -55,6 +55,9 @@ fn skipped_words(s: &MatchingSkipped) -> String {
 
 pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    if let Some(p) = &a.plot.plot {
+        super::plots::check(p, None, a.plot.force)?;
+    }
     let matching = a.matching.options()?;
     let (ca, cb) = open_pair(&a.a, &a.b)?;
     let opts = Compare {
@@ -71,6 +74,10 @@ pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     let th = &opts.thresholds;
     let shown = c.shown();
     let code = exit_code(c.assessment.verdict);
+    if let Some(p) = &a.plot.plot {
+        let after = c.after.as_ref().filter(|_| a.align);
+        polymerge::plot::save(p, &super::plots::basin(&c.before, after), a.plot.force)?;
+    }
     let mut o = String::new();
     if a.json {
         print_json(&a, &c, th, code, start)?;

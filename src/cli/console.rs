@@ -95,6 +95,11 @@ impl Console {
             )),
             // "too small to judge" is not worth a line.
             Verdict::Uncertain if d.summary.judged_tensors == 0 => {}
+            // After alignment an uncertain pair is a warning: the user asked
+            // for an aligned merge and should know it may be a poor one.
+            Verdict::Uncertain if gate.aligned => warn(&format!(
+                "basin check{after}: {pair}: uncertain: {reasons}; the aligned average may be poor: evaluate it before use"
+            )),
             Verdict::Uncertain => {
                 if !self.quiet {
                     eprintln!(

@@ -69,10 +69,16 @@ fn an_aligned_merge_reports_alignment_then_the_gate_then_the_write() {
     let (a, b) = (mlp("run_seed0.safetensors"), mlp("run_seed1.safetensors"));
     let dir = tempfile::tempdir().unwrap();
     let log = Log::default();
-    Merge::new([&a, &b])
+    let report = Merge::new([&a, &b])
         .align(Align::ToFirst(MatchOptions::default()))
         .run(&Output::at(dir.path().join("m.safetensors")), &log)
         .unwrap();
+    // The report carries what the stages reported.
+    assert!(report.aligned);
+    assert_eq!(report.alignments.len(), 1);
+    assert_eq!(report.alignments[0].0, 1);
+    assert_eq!(report.basin.len(), 1);
+    assert_eq!(report.basin[0].0, (0, 1));
     let events = log.0.into_inner().unwrap();
     assert_eq!(
         events,
@@ -82,7 +88,8 @@ fn an_aligned_merge_reports_alignment_then_the_gate_then_the_write() {
             "aligned 1",
             "start Basin",
             "end Basin",
-            "basin (0, 1) connected",
+            // aligned independent runs: related, not close (uncertain)
+            "basin (0, 1) uncertain",
             "basin done 1",
             "start Merge",
             "end Merge",

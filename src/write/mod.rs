@@ -14,6 +14,9 @@
 mod files;
 mod layout;
 mod shard;
+mod side_files;
+mod small;
+mod swap;
 mod temp;
 
 use std::collections::BTreeMap;
@@ -25,12 +28,15 @@ use serde_json::{Map, Value, json};
 
 use crate::checkpoint::INDEX_FILE;
 use crate::error::{Error, OutputError, Result};
-use files::{copy_side_files, create_error, output_error, replace, replace_dir};
+use files::{create_error, output_error, replace, replace_dir};
 use layout::{ShardPlan, split_shards};
 use shard::ShardFile;
+use side_files::copy_side_files;
 
 pub use files::{check_output_kind, refuse_existing};
 pub use layout::{OutputLayout, TensorPlan};
+pub use side_files::MAX_SIDE_FILE_BYTES;
+pub use small::write_file_atomic;
 pub use temp::{SideOutput, probe_directory, write_atomic};
 
 /// Default largest shard of a directory output: 5 GB, the default of
@@ -44,6 +50,9 @@ pub struct WriteSummary {
     pub files: Vec<PathBuf>,
     pub tensors: usize,
     pub data_bytes: u64,
+    /// Side files of the first input that were not copied and a user may
+    /// miss (weights in a subfolder, oversized files, links leading out).
+    pub notes: Vec<String>,
 }
 
 /// Held while an existing output is being swapped for the new one, so that
@@ -97,6 +106,9 @@ pub struct CheckpointWriter {
     file: Option<ShardFile>,
     /// Bytes still expected for the current shard.
     remaining: u64,
+    /// The staging directory sits inside an existing target directory, whose
+    /// files are replaced one by one (see `swap`).
+    in_place: bool,
     finished: bool,
 }
 
@@ -130,6 +142,9 @@ impl CheckpointWriter {
                 source: OutputError::NoDirectory(parent),
             });
         }
+        // `-o DIR --force` over an existing directory stages inside it (see
+        // `swap`); anything else is built beside the target and renamed.
+        let in_place = matches!(layout, OutputLayout::Directory { .. }) && target.is_dir();
         let shards = match &layout {
             OutputLayout::File(_) => vec![ShardPlan {
                 file_name: String::new(),
@@ -143,14 +158,20 @@ impl CheckpointWriter {
         };
         let (temp, first) = match layout {
             OutputLayout::Directory { .. } => {
-                let (_, temp) = temp::create_in(&parent, &target, |p| fs::create_dir(p))
-                    .map_err(|e| create_error(&target, &parent, e))?;
+                let (dir, prefix) = if in_place {
+                    (target.clone(), ".polymerge-tmp-".to_string())
+                } else {
+                    (parent.clone(), temp::prefix_for(&target))
+                };
+                let (_, temp) = temp::create_in(&dir, &prefix, |p| fs::create_dir(p))
+                    .map_err(|e| create_error(&target, &dir, e))?;
                 (temp, None)
             }
             OutputLayout::File(_) => {
                 let bytes = shards[0].data_bytes;
+                let prefix = temp::prefix_for(&target);
                 let (file, temp) =
-                    temp::create_in(&parent, &target, |p| ShardFile::create(p, bytes))
+                    temp::create_in(&parent, &prefix, |p| ShardFile::create(p, bytes))
                         .map_err(|e| create_error(&target, &parent, e))?;
                 (temp, Some(file))
             }
@@ -164,6 +185,7 @@ impl CheckpointWriter {
             shard: 0,
             file: None,
             remaining: 0,
+            in_place,
             finished: false,
         };
         writer
@@ -293,6 +315,7 @@ impl CheckpointWriter {
         self.close_shard()?;
         let target = self.layout.path().to_path_buf();
         let data_bytes: u64 = self.shards.iter().map(|s| s.data_bytes).sum();
+        let mut notes = Vec::new();
         let files = match self.layout.clone() {
             OutputLayout::File(path) => {
                 replace(&self.temp, &path)?;
@@ -321,13 +344,18 @@ impl CheckpointWriter {
                         .map_err(|e| output_error(&target, &index_path, e))?;
                 }
                 if let Some(src) = copy_from {
-                    copy_side_files(&src, &self.temp, &target)?;
+                    notes = copy_side_files(&src, &self.temp, &target)?;
                 }
-                let files = fs::read_dir(&self.temp)
-                    .map_err(|e| Error::io(&self.temp, e))?
-                    .filter_map(|e| e.ok().map(|e| path.join(e.file_name())))
-                    .collect();
-                replace_dir(&self.temp, &path)?;
+                let files = if self.in_place {
+                    swap::swap_into(&self.temp, &path)?
+                } else {
+                    let files = fs::read_dir(&self.temp)
+                        .map_err(|e| Error::io(&self.temp, e))?
+                        .filter_map(|e| e.ok().map(|e| path.join(e.file_name())))
+                        .collect();
+                    replace_dir(&self.temp, &path)?;
+                    files
+                };
                 unregister(&self.temp);
                 files
             }
@@ -338,6 +366,7 @@ impl CheckpointWriter {
             files,
             tensors: self.plans.len(),
             data_bytes,
+            notes,
         })
     }
 

@@ -6,13 +6,12 @@
 //! link): a file or link planted at a predictable name cannot redirect the
 //! write.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, OutputError, Result};
 
-use super::files::{check_output_kind, create_error, output_error, refuse_existing, sync_parent};
+use super::files::{check_output_kind, create_error, refuse_existing};
 
 /// Creates a temporary beside `target` in `parent` with `make` (which must
 /// create exclusively and fail with `AlreadyExists` on a clash; another
@@ -20,16 +19,11 @@ use super::files::{check_output_kind, create_error, output_error, refuse_existin
 /// returns what `make` returned with the path.
 pub(super) fn create_in<R>(
     parent: &Path,
-    target: &Path,
+    prefix: &str,
     mut make: impl FnMut(&Path) -> std::io::Result<R>,
 ) -> std::io::Result<(R, PathBuf)> {
-    let base = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    let prefix = format!(".{base}.polymerge-tmp-");
     let named = tempfile::Builder::new()
-        .prefix(&prefix)
+        .prefix(prefix)
         .rand_bytes(12)
         .make_in(parent, |p| {
             let r = make(p)?;
@@ -39,6 +33,15 @@ pub(super) fn create_in<R>(
     // `keep` only disarms the crate's own removal on drop: the writer
     // removes its temporaries itself (and the signal handlers do).
     named.keep().map_err(|e| e.error)
+}
+
+/// `.NAME.polymerge-tmp-`: the start of a temporary's name for `target`.
+pub(super) fn prefix_for(target: &Path) -> String {
+    let base = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    format!(".{base}.polymerge-tmp-")
 }
 
 /// A file written beside a checkpoint (`--save-perm`), checked before any
@@ -109,28 +112,11 @@ fn parent_of(p: &Path) -> PathBuf {
     }
 }
 
-/// Writes a small file atomically: to a fresh temporary beside `target`,
-/// synced, then renamed over it. The temporary is removed on every error
-/// (and by the signal handlers).
+/// Writes a small file atomically (see [`super::write_file_atomic`]),
+/// refusing an existing `target` without `force`.
 pub fn write_atomic(target: &Path, bytes: &[u8], force: bool) -> Result<()> {
     refuse_existing(target, force)?;
-    let parent = parent_of(target);
-    let create = |p: &Path| fs::OpenOptions::new().write(true).create_new(true).open(p);
-    let (mut file, temp): (File, PathBuf) =
-        create_in(&parent, target, create).map_err(|e| create_error(target, &parent, e))?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| output_error(target, &temp, e))
-        .and_then(|()| fs::rename(&temp, target).map_err(|e| Error::io(target, e)));
-    drop(file);
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    super::unregister(&temp);
-    written?;
-    sync_parent(target);
-    Ok(())
+    super::write_file_atomic(target, bytes)
 }
 
 /// Checks that a file can be created in `parent` (the directory of
@@ -138,8 +124,8 @@ pub fn write_atomic(target: &Path, bytes: &[u8], force: bool) -> Result<()> {
 /// directory is reported before any work, not after it.
 pub fn probe_directory(parent: &Path, target: &Path) -> Result<()> {
     let create = |p: &Path| fs::OpenOptions::new().write(true).create_new(true).open(p);
-    let (file, temp) =
-        create_in(parent, target, create).map_err(|e| create_error(target, parent, e))?;
+    let (file, temp) = create_in(parent, &prefix_for(target), create)
+        .map_err(|e| create_error(target, parent, e))?;
     drop(file);
     let _ = fs::remove_file(&temp);
     super::unregister(&temp);

@@ -173,8 +173,9 @@ fn two_temporaries_for_one_target_get_different_unpredictable_names() {
             .create_new(true)
             .open(p)
     };
-    let (_, a) = super::temp::create_in(dir.path(), &target, make).unwrap();
-    let (_, b) = super::temp::create_in(dir.path(), &target, make).unwrap();
+    let prefix = super::temp::prefix_for(&target);
+    let (_, a) = super::temp::create_in(dir.path(), &prefix, make).unwrap();
+    let (_, b) = super::temp::create_in(dir.path(), &prefix, make).unwrap();
     assert_ne!(a, b);
     let pid = format!(".out.safetensors.polymerge-tmp-{}", std::process::id());
     for p in [&a, &b] {
@@ -186,4 +187,17 @@ fn two_temporaries_for_one_target_get_different_unpredictable_names() {
         assert_ne!(name, pid);
         super::unregister(p);
     }
+}
+
+#[test]
+fn only_model_safetensors_and_numbered_shards_count_as_polymerges_weight_names() {
+    use super::swap::is_weight_name;
+    assert!(is_weight_name("model.safetensors"));
+    assert!(is_weight_name("model-00001-of-00003.safetensors"));
+    assert!(is_weight_name("model-123456-of-123456.safetensors"));
+    assert!(!is_weight_name("model-0001-of-0003.safetensors"));
+    assert!(!is_weight_name("model-00001-of-00003-of-00004.safetensors"));
+    assert!(!is_weight_name("adapter_model.safetensors"));
+    assert!(!is_weight_name("model-0000a-of-00003.safetensors"));
+    assert!(!is_weight_name("../model.safetensors"));
 }
