@@ -83,7 +83,8 @@ pub fn model_permutation(
 }
 
 /// Weight matching of `b` onto `a`, reported to `observer` as the phase
-/// [`Phase::Align`] with every group visit ([`Event::GroupVisited`]).
+/// [`Phase::Align`] with every group visit ([`Event::GroupStarted`] before
+/// it, [`Event::GroupVisited`] after it).
 ///
 /// When the spec has per-head groups (kinds `qk_dims`, `vo_dims`, `heads`
 /// named `stem.k` with siblings `stem.0`, `stem.1`, … of one size) and no
@@ -150,10 +151,17 @@ pub fn descend(
         log.begin_sweep();
         rng.shuffle(&mut order);
         let mut improved = false;
-        for &g in &order {
+        for (k, &g) in order.iter().enumerate() {
             if log.unchanged_since_last_visit(g) {
                 continue;
             }
+            observer.event(&Event::GroupStarted {
+                sweep: log.sweeps(),
+                position: k + 1,
+                groups: order.len(),
+                group: &spec.groups[g].name,
+                units: spec.groups[g].size,
+            });
             let visit = step.visit(spec, g, a, b, &perms)?;
             let old = visit.current;
             let accept = visit.best.score > old + IMPROVEMENT_EPS * old.abs().max(1.0);

@@ -138,6 +138,17 @@ impl Observer for Console {
             }
             Event::Progress { done, .. } => self.with_bar(|pb| pb.set_position(done)),
             Event::Finished { .. } => self.clear(),
+            Event::GroupStarted {
+                sweep,
+                position,
+                groups,
+                group,
+                units,
+            } => self.with_bar(|pb| {
+                pb.set_message(format!(
+                    "weight matching: sweep {sweep}, group {position}/{groups} {group} ({units} units)"
+                ))
+            }),
             Event::GroupVisited {
                 sweep,
                 group,

@@ -23,6 +23,7 @@ mod inspect_cli;
 mod interrupted_write;
 mod output_layout;
 mod plots;
+mod progress;
 mod properties;
 mod recipe;
 mod side_folders;
