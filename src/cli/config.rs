@@ -53,6 +53,7 @@ impl MatchArgs {
         MatchOptions {
             spec: match &self.spec {
                 Some(p) => SpecSource::File(p.clone()),
+                None if self.shared_heads => SpecSource::InferSharedHeads,
                 None => SpecSource::Infer,
             },
             groups: self.groups.clone(),
@@ -60,6 +61,7 @@ impl MatchArgs {
                 seed: self.seed,
                 max_iter: self.max_iter,
                 init: None,
+                restarts: self.restarts as usize,
             },
         }
     }

@@ -11,6 +11,7 @@ mod basin;
 mod checkpoint_io;
 mod corrupt_input;
 mod ema_cli;
+mod head_matching;
 mod input_forms;
 mod inspect_cli;
 mod interrupted_write;
