@@ -55,7 +55,7 @@
 //! | the stages together | [`pipeline`], reporting to [`observe`] |
 //!
 //! [`evaluate`] measures loss barriers of MLPs on data; [`stats`]
-//! summarises tensors. Errors are [`Error`], with typed causes
+//! summarises tensors; [`plot`] draws results as SVG. Errors are [`Error`], with typed causes
 //! ([`error`]). All `unsafe` code (memory maps, OS hints, the SIMD
 //! dispatch) sits in one private module; the rest of the crate denies it.
 
@@ -73,6 +73,8 @@ pub mod kernels;
 pub mod observe;
 pub mod permute;
 pub mod pipeline;
+pub mod plot;
+pub mod recipe;
 pub mod similarity;
 pub mod spec;
 pub mod stats;

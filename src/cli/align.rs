@@ -145,6 +145,9 @@ pub fn permute(a: PermuteArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn barrier(a: BarrierArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &a.plot.plot {
+        super::plots::check(p, None, a.plot.force)?;
+    }
     let (ca, cb) = open_pair(&a.a, &a.b)?;
     let data = polymerge::evaluate::Dataset::load(&a.data)?;
     let mut aligned = None;
@@ -162,6 +165,20 @@ pub fn barrier(a: BarrierArgs) -> anyhow::Result<ExitCode> {
         perm: &perm,
     };
     let r = polymerge::evaluate::barrier(&ca, &b, &data, a.steps)?;
+    if let Some(p) = &a.plot.plot {
+        let panels = if a.align {
+            let identity = ModelPermutation::default();
+            let naive = Permuted {
+                source: &cb,
+                perm: &identity,
+            };
+            let n = polymerge::evaluate::barrier(&ca, &naive, &data, a.steps)?;
+            super::plots::barrier(&[("naive", &n), ("aligned", &r)])
+        } else {
+            super::plots::barrier(&[("naive", &r)])
+        };
+        polymerge::plot::save(p, &panels, a.plot.force)?;
+    }
     if a.json {
         let j = json!({
             "a": a.a.display().to_string(),

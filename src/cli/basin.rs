@@ -46,6 +46,9 @@ fn skipped_words(s: &MatchingSkipped) -> String {
 
 pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    if let Some(p) = &a.plot.plot {
+        super::plots::check(p, None, a.plot.force)?;
+    }
     let (ca, cb) = open_pair(&a.a, &a.b)?;
     let opts = Compare {
         align: a.align,
@@ -61,6 +64,10 @@ pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     let th = &opts.thresholds;
     let shown = c.shown();
     let code = exit_code(c.assessment.verdict);
+    if let Some(p) = &a.plot.plot {
+        let after = c.after.as_ref().filter(|_| a.align);
+        polymerge::plot::save(p, &super::plots::basin(&c.before, after), a.plot.force)?;
+    }
     if a.json {
         print_json(&a, &c, th, code, start);
     } else {
@@ -143,7 +150,7 @@ fn print_json(a: &BasinArgs, c: &Comparison, th: &Thresholds, code: u8, start: I
         "check_seconds": c.check_seconds,
         "seconds": start.elapsed().as_secs_f64(),
     });
-    println!("{j}");
+    let _ = super::output::print_stdout(&format!("{j}\n"));
 }
 
 fn print_tensors(d: &Diagnostics, before: Option<&Diagnostics>) {

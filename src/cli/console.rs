@@ -95,6 +95,11 @@ impl Console {
             )),
             // "too small to judge" is not worth a line.
             Verdict::Uncertain if d.summary.judged_tensors == 0 => {}
+            // After alignment an uncertain pair is a warning: the user asked
+            // for an aligned merge and should know it may be a poor one.
+            Verdict::Uncertain if gate.aligned => warn(&format!(
+                "basin check{after}: {pair}: uncertain: {reasons}; the aligned average may be poor: evaluate it before use"
+            )),
             Verdict::Uncertain => {
                 if !self.quiet {
                     eprintln!("polymerge: note: basin check{after}: {pair}: uncertain: {reasons}");
@@ -130,6 +135,17 @@ impl Observer for Console {
             }
             Event::Progress { done, .. } => self.with_bar(|pb| pb.set_position(done)),
             Event::Finished { .. } => self.clear(),
+            Event::GroupStarted {
+                sweep,
+                position,
+                groups,
+                group,
+                units,
+            } => self.with_bar(|pb| {
+                pb.set_message(format!(
+                    "weight matching: sweep {sweep}, group {position}/{groups} {group} ({units} units)"
+                ))
+            }),
             Event::GroupVisited {
                 sweep,
                 group,

@@ -17,6 +17,10 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     if !a.dry_run {
         output.refuse_existing()?;
     }
+    if let Some(p) = &a.plot {
+        let out = (!a.dry_run).then_some(a.out.output.as_path());
+        super::plots::check(p, out, a.out.force)?;
+    }
     let explicit = a.steps.as_ref().map(|s| s.0.as_slice());
     if let Some(steps) = explicit
         && steps.len() != a.inputs.len()
@@ -55,7 +59,15 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
             ema::effective_half_life_checkpoints(&weights)
         );
     }
+    let plot = || -> anyhow::Result<()> {
+        if let Some(p) = &a.plot {
+            let panels = super::plots::ema(&profile.to_string(), &steps, &weights);
+            polymerge::plot::save(p, &panels, a.out.force)?;
+        }
+        Ok(())
+    };
     if a.dry_run {
+        plot()?;
         if a.out.json {
             println!(
                 "{}",
@@ -89,6 +101,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     let merge = Merge::new(used.iter().map(|(s, _)| &ckpts[s.index]))
         .weights(used_w.clone())
         .accumulation(a.accum.accumulation())
+        .counters(polymerge::average::CounterRule::Last)
         .dtype(a.dtype.map(|d| d.dtype()))
         .strict_nonfinite(a.strict)
         .align(if a.align {
@@ -107,6 +120,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         r => r?,
     };
     warn_nonfinite(&report.nonfinite);
+    plot()?;
     if a.out.json && a.print_weights {
         eprintln!("{}", json!({"weights": rows}));
     }

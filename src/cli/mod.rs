@@ -7,12 +7,15 @@ mod align;
 mod args;
 mod avg;
 mod basin;
+mod completions;
 mod config;
 mod console;
 mod ema;
 mod hints;
 mod inspect;
 mod output;
+mod plots;
+mod recipe;
 mod values;
 
 use std::process::ExitCode;
@@ -40,6 +43,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Barrier(a) => align::barrier(a),
         args::Command::Ema(a) => ema::run(a),
         args::Command::Basin(a) => basin::run(a),
+        args::Command::Recipe(a) => recipe::run(a),
+        args::Command::Completions(a) => completions::completions(a),
+        args::Command::Man(a) => completions::man(a),
     }
 }
 

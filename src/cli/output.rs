@@ -67,6 +67,24 @@ pub fn human_count(n: u64) -> String {
     }
 }
 
+/// The `--json` record of input `i`'s (0-based) alignment onto input 1.
+fn alignment_json(i: usize, al: &polymerge::alignment::Alignment) -> serde_json::Value {
+    json!({
+        "input": i + 1,
+        "objective_before": al.objective_before,
+        "objective_after": al.objective_after,
+        "sweeps": al.sweeps,
+        "converged": al.converged,
+        "seconds": al.seconds,
+        "groups": al.groups.iter().map(|g| json!({
+            "name": g.name,
+            "kind": g.kind,
+            "size": g.size,
+            "churn": g.churn,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// Prints the end-of-run summary: JSON on stdout with `--json`, otherwise
 /// one human line on stderr (unless `--quiet`).
 pub fn summarize(verb: &str, out: &OutputArgs, r: &MergeReport, n_inputs: usize) {
@@ -83,6 +101,16 @@ pub fn summarize(verb: &str, out: &OutputArgs, r: &MergeReport, n_inputs: usize)
             "seconds": r.seconds,
             "bytes_per_second": rate,
             "nonfinite": r.nonfinite.iter().map(|n| json!({"file": n.path.display().to_string(), "tensor": n.tensor, "count": n.count})).collect::<Vec<_>>(),
+            "notes": r.notes,
+            "averaged_running_stats": r.averaged_running_stats,
+            "alignment": r.alignments.iter().map(|(i, al)| alignment_json(*i, al)).collect::<Vec<_>>(),
+            "basin": r.basin.iter().map(|(p, x)| json!({
+                "pair": [p.0 + 1, p.1 + 1],
+                "aligned": r.aligned,
+                "verdict": x.verdict,
+                "data_free_verdict": x.data_free,
+                "reasons": super::hints::reasons(&x.reasons),
+            })).collect::<Vec<_>>(),
         });
         println!("{j}");
     } else if !out.quiet {
@@ -95,6 +123,9 @@ pub fn summarize(verb: &str, out: &OutputArgs, r: &MergeReport, n_inputs: usize)
             r.seconds,
             human_bytes(rate as u64)
         );
+        for n in &r.notes {
+            eprintln!("polymerge: note: {n}");
+        }
     }
 }
 

@@ -9,11 +9,13 @@
 //! (`--force`, `--spec`, `--steps` …) where they help.
 
 mod inputs;
+mod recipe;
 mod stages;
 
 use std::path::PathBuf;
 
 pub use inputs::{FormatError, IndexError, MismatchError, TensorError};
+pub use recipe::RecipeError;
 pub use stages::{
     AssignmentError, EmaError, ModelError, OutputError, PermError, SpecError, StepError,
     UsageError, WeightsError,
@@ -115,6 +117,14 @@ pub enum Error {
     /// A call that cannot work as asked (no inputs, wrong counts ...).
     #[error(transparent)]
     Usage(#[from] UsageError),
+
+    /// A merge recipe (mergekit YAML) that polymerge cannot run as written.
+    #[error("{}", path.display())]
+    Recipe {
+        path: PathBuf,
+        #[source]
+        source: RecipeError,
+    },
 
     /// The output cannot be written (it exists, its directory is missing ...).
     #[error("{}", path.display())]

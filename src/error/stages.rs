@@ -310,6 +310,17 @@ pub enum OutputError {
     IsDirectory,
     #[error("directory `{}` does not exist", .0.display())]
     NoDirectory(PathBuf),
+    #[error("a plot is written as SVG: the path must end in .svg")]
+    NotSvg,
+    #[error("is not a regular file")]
+    NotRegularFile,
+    /// `--force` into an existing directory: something there cannot be
+    /// replaced by the file polymerge writes (checked before anything moves).
+    #[error("cannot replace `{}`: {reason}", .entry.display())]
+    Blocked {
+        entry: PathBuf,
+        reason: &'static str,
+    },
     /// Writing failed, at the target or at a temporary beside it.
     #[error("cannot write{}", temporary.as_ref().map(|t| format!(" (temporary `{}`)", t.display())).unwrap_or_default())]
     Write {

@@ -24,12 +24,15 @@ mod compare;
 mod matching;
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::average::{self, Accumulation, MergeInput, MergeOptions, MergeReport};
+use crate::average::{
+    self, Accumulation, CounterRule, MergeInput, MergeOptions, MergeReport, Numerics,
+};
 use crate::basin::{self, Assessment, Thresholds, Verdict};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result, UsageError};
@@ -201,9 +204,21 @@ impl<'a> Merge<'a> {
         self
     }
 
+    /// The averaging formula (PyTorch's mean by default, or mergekit's linear).
+    pub fn numerics(mut self, numerics: Numerics) -> Self {
+        self.options.numerics = numerics;
+        self
+    }
+
     /// Make NaN/Inf in the inputs an error instead of a reported count.
     pub fn strict_nonfinite(mut self, strict: bool) -> Self {
         self.options.strict_nonfinite = strict;
+        self
+    }
+
+    /// Which input's integer step counters (`num_batches_tracked`) are kept.
+    pub fn counters(mut self, rule: CounterRule) -> Self {
+        self.options.counters = rule;
         self
     }
 
@@ -244,8 +259,24 @@ impl<'a> Merge<'a> {
         &self.options
     }
 
-    /// Runs every stage and writes `output`.
+    /// Runs every stage and writes `output`. The report carries, besides
+    /// the merge itself, each input's alignment and the basin gate's
+    /// verdicts ([`MergeReport::alignments`], [`MergeReport::basin`]).
     pub fn run(self, output: &Output, observer: &dyn Observer) -> Result<MergeReport> {
+        let recorder = Recorder {
+            inner: observer,
+            alignments: Mutex::new(Vec::new()),
+            basin: Mutex::new(Vec::new()),
+        };
+        let aligned = !matches!(self.align, Align::None);
+        let mut report = self.run_stages(output, &recorder)?;
+        report.aligned = aligned;
+        report.alignments = recorder.alignments.into_inner().unwrap_or_default();
+        report.basin = recorder.basin.into_inner().unwrap_or_default();
+        Ok(report)
+    }
+
+    fn run_stages(self, output: &Output, observer: &dyn Observer) -> Result<MergeReport> {
         output.refuse_existing()?;
         let first = *self.inputs.first().ok_or(UsageError::NoInputs)?;
         let plain: Vec<MergeInput> = self.inputs.iter().map(|c| MergeInput::plain(c)).collect();
@@ -321,6 +352,35 @@ impl<'a> Merge<'a> {
             seconds: t0.elapsed().as_secs_f64(),
         });
         Ok(())
+    }
+}
+
+/// Forwards every event and keeps what the report needs: the alignment of
+/// each input and the basin gate's verdicts.
+struct Recorder<'o> {
+    inner: &'o dyn Observer,
+    alignments: Mutex<Vec<(usize, crate::alignment::Alignment)>>,
+    basin: Mutex<Vec<((usize, usize), Assessment)>>,
+}
+
+impl Observer for Recorder<'_> {
+    fn event(&self, event: &Event<'_>) {
+        match *event {
+            Event::InputAligned { input, alignment } => {
+                if let Ok(mut v) = self.alignments.lock() {
+                    v.push((input, alignment.clone()));
+                }
+            }
+            Event::BasinPair {
+                pair, assessment, ..
+            } => {
+                if let Ok(mut v) = self.basin.lock() {
+                    v.push((pair, assessment.clone()));
+                }
+            }
+            _ => {}
+        }
+        self.inner.event(event);
     }
 }
 

@@ -48,6 +48,9 @@ fn is_one(v: &usize) -> bool {
 fn is_zero(v: &usize) -> bool {
     *v == 0
 }
+fn is_false(v: &bool) -> bool {
+    !*v
+}
 
 /// One (tensor, axis) a group acts on, with its block layout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +67,13 @@ pub struct AxisMember {
     /// How many times the `size × block` pattern repeats (default 1).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub repeat: usize,
+    /// A buffer (BatchNorm `running_mean`/`running_var`), not a weight:
+    /// permuted with its group but left out of the matching objective and
+    /// of the similarity matrices (running statistics are large, positive
+    /// and alike across runs, so they would dominate what weight matching
+    /// maximises without saying which units compute the same function).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub buffer: bool,
 }
 
 impl AxisMember {
@@ -75,6 +85,7 @@ impl AxisMember {
             start: 0,
             block: 1,
             repeat: 1,
+            buffer: false,
         }
     }
 
@@ -124,6 +135,30 @@ impl PermutationSpec {
             architecture,
             groups,
             notes: Vec::new(),
+        }
+    }
+
+    /// Tensors that are members only as buffers ([`AxisMember::buffer`]):
+    /// they are permuted but do not count in the matching objective.
+    pub fn buffer_tensors(&self) -> HashSet<&str> {
+        let members = || self.groups.iter().flat_map(|g| &g.members);
+        let weights: HashSet<&str> = members()
+            .filter(|m| !m.buffer)
+            .map(|m| m.tensor.as_str())
+            .collect();
+        members()
+            .filter(|m| m.buffer && !weights.contains(m.tensor.as_str()))
+            .map(|m| m.tensor.as_str())
+            .collect()
+    }
+
+    /// Marks the members on BatchNorm running statistics
+    /// ([`infer::RUNNING_STATS`]) as buffers.
+    pub fn mark_running_stats(&mut self) {
+        for m in self.groups.iter_mut().flat_map(|g| &mut g.members) {
+            if infer::is_running_stat(&m.tensor) {
+                m.buffer = true;
+            }
         }
     }
 

@@ -1,25 +1,10 @@
-//! Filesystem steps around the data: refusing an existing output, copying
-//! side files, atomic replacement of the target, syncing directories.
+//! Filesystem steps around the data: refusing an existing output, atomic
+//! replacement of the target, syncing directories.
 
 use std::fs::{self, File};
 use std::path::Path;
 
 use crate::error::{Error, OutputError, Result};
-
-/// Weight file endings that are not copied from an input model directory.
-const WEIGHT_SUFFIXES: &[&str] = &[
-    ".safetensors",
-    ".safetensors.index.json",
-    ".bin",
-    ".bin.index.json",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".h5",
-    ".msgpack",
-    ".gguf",
-    ".onnx",
-];
 
 /// Fails if `target` exists and `force` is not set. [`super::CheckpointWriter::create`]
 /// checks this too; commands that do expensive work first (alignment) call
@@ -30,20 +15,6 @@ pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
             path: target.to_path_buf(),
             source: OutputError::Exists,
         });
-    }
-    Ok(())
-}
-
-pub(super) fn copy_side_files(src: &Path, staging: &Path, target: &Path) -> Result<()> {
-    for entry in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-        let entry = entry.map_err(|e| Error::io(src, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-        if !is_file || name.starts_with('.') || WEIGHT_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            continue;
-        }
-        let to = staging.join(&name);
-        fs::copy(entry.path(), &to).map_err(|e| output_error(target, &to, e))?;
     }
     Ok(())
 }

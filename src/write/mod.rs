@@ -14,6 +14,9 @@
 mod files;
 mod layout;
 mod shard;
+mod side_files;
+mod small;
+mod swap;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,12 +27,15 @@ use serde_json::{Map, Value, json};
 
 use crate::checkpoint::INDEX_FILE;
 use crate::error::{Error, OutputError, Result};
-use files::{copy_side_files, output_error, replace, replace_dir};
+use files::{output_error, replace, replace_dir};
 use layout::{ShardPlan, split_shards};
 use shard::ShardFile;
+use side_files::copy_side_files;
 
 pub use files::refuse_existing;
 pub use layout::{OutputLayout, TensorPlan};
+pub use side_files::MAX_SIDE_FILE_BYTES;
+pub use small::write_file_atomic;
 
 /// Default largest shard of a directory output: 5 GB, the default of
 /// `transformers`' `save_pretrained(max_shard_size="5GB")` (decimal units).
@@ -42,6 +48,9 @@ pub struct WriteSummary {
     pub files: Vec<PathBuf>,
     pub tensors: usize,
     pub data_bytes: u64,
+    /// Side files of the first input that were not copied and a user may
+    /// miss (weights in a subfolder, oversized files, links leading out).
+    pub notes: Vec<String>,
 }
 
 /// Temporary paths to remove if the process is interrupted (see
@@ -88,6 +97,9 @@ pub struct CheckpointWriter {
     file: Option<ShardFile>,
     /// Bytes still expected for the current shard.
     remaining: u64,
+    /// The staging directory sits inside an existing target directory, whose
+    /// files are replaced one by one (see `swap`).
+    in_place: bool,
     finished: bool,
 }
 
@@ -125,7 +137,14 @@ impl CheckpointWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "output".into());
-        let temp = parent.join(format!(".{base}.polymerge-tmp-{}", std::process::id()));
+        // `-o DIR --force` over an existing directory stages inside it (see
+        // `swap`); anything else is built beside the target and renamed.
+        let in_place = matches!(layout, OutputLayout::Directory { .. }) && target.is_dir();
+        let temp = if in_place {
+            target.join(format!(".polymerge-tmp-{}", std::process::id()))
+        } else {
+            parent.join(format!(".{base}.polymerge-tmp-{}", std::process::id()))
+        };
         let shards = match &layout {
             OutputLayout::File(_) => vec![ShardPlan {
                 file_name: String::new(),
@@ -153,6 +172,7 @@ impl CheckpointWriter {
             shard: 0,
             file: None,
             remaining: 0,
+            in_place,
             finished: false,
         };
         writer.open_shard(0).inspect_err(|_| writer.cleanup())?;
@@ -277,6 +297,7 @@ impl CheckpointWriter {
         self.close_shard()?;
         let target = self.layout.path().to_path_buf();
         let data_bytes: u64 = self.shards.iter().map(|s| s.data_bytes).sum();
+        let mut notes = Vec::new();
         let files = match self.layout.clone() {
             OutputLayout::File(path) => {
                 replace(&self.temp, &path)?;
@@ -305,13 +326,18 @@ impl CheckpointWriter {
                         .map_err(|e| output_error(&target, &index_path, e))?;
                 }
                 if let Some(src) = copy_from {
-                    copy_side_files(&src, &self.temp, &target)?;
+                    notes = copy_side_files(&src, &self.temp, &target)?;
                 }
-                let files = fs::read_dir(&self.temp)
-                    .map_err(|e| Error::io(&self.temp, e))?
-                    .filter_map(|e| e.ok().map(|e| path.join(e.file_name())))
-                    .collect();
-                replace_dir(&self.temp, &path)?;
+                let files = if self.in_place {
+                    swap::swap_into(&self.temp, &path)?
+                } else {
+                    let files = fs::read_dir(&self.temp)
+                        .map_err(|e| Error::io(&self.temp, e))?
+                        .filter_map(|e| e.ok().map(|e| path.join(e.file_name())))
+                        .collect();
+                    replace_dir(&self.temp, &path)?;
+                    files
+                };
                 unregister(&self.temp);
                 files
             }
@@ -322,6 +348,7 @@ impl CheckpointWriter {
             files,
             tensors: self.plans.len(),
             data_bytes,
+            notes,
         })
     }
 

@@ -146,3 +146,16 @@ fn an_existing_output_is_refused_without_force() {
     ));
     assert_eq!(fs::read(&out).unwrap(), b"keep me");
 }
+
+#[test]
+fn only_model_safetensors_and_numbered_shards_count_as_polymerges_weight_names() {
+    use super::swap::is_weight_name;
+    assert!(is_weight_name("model.safetensors"));
+    assert!(is_weight_name("model-00001-of-00003.safetensors"));
+    assert!(is_weight_name("model-123456-of-123456.safetensors"));
+    assert!(!is_weight_name("model-0001-of-0003.safetensors"));
+    assert!(!is_weight_name("model-00001-of-00003-of-00004.safetensors"));
+    assert!(!is_weight_name("adapter_model.safetensors"));
+    assert!(!is_weight_name("model-0000a-of-00003.safetensors"));
+    assert!(!is_weight_name("../model.safetensors"));
+}

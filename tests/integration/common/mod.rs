@@ -11,6 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+pub mod svg;
+
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
