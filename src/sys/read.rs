@@ -97,7 +97,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// [`read_limited`] with [`SIDE_FILE_LIMIT`], as UTF-8 text.
+/// `read_limited` with [`SIDE_FILE_LIMIT`], as UTF-8 text.
 pub fn read_side_file(path: &Path) -> Result<String> {
     let bytes = read_limited(path, SIDE_FILE_LIMIT)?;
     String::from_utf8(bytes).map_err(|e| Error::Read {

@@ -121,15 +121,28 @@ fn a_link_planted_at_the_old_predictable_temporary_name_is_never_followed() {
 
 #[test]
 fn a_character_device_output_is_refused_even_with_force() {
+    // The device is a fresh node in a temporary directory (as /dev/null's
+    // numbers, 1:3), never the system's own /dev/null: a regression must not
+    // be able to replace a device the machine needs. Where mknod is not
+    // permitted (not root), a link to /dev/null stands in: replacing the link
+    // would leave /dev/null itself untouched.
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (mlp(dir.path(), 0), mlp(dir.path(), 1));
+    let node = dir.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .args([s(&node), "c", "1", "3"])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !made {
+        std::os::unix::fs::symlink("/dev/null", &node).unwrap();
+    }
     let out = polymerge()
-        .args(["avg", s(&a), s(&b), "-o", "/dev/null", "--force"])
+        .args(["avg", s(&a), s(&b), "-o", s(&node), "--force"])
         .output()
         .unwrap();
-    assert_one_error_line(&out, &["/dev/null", "character device"]);
+    assert_one_error_line(&out, &["null", "character device"]);
     assert!(
-        fs::metadata("/dev/null")
+        fs::metadata(&node)
             .unwrap()
             .file_type()
             .is_char_device_like()
