@@ -20,7 +20,7 @@
 //! On the trained MLP pairs it did not (aligned barriers 0.010 / 0.016 /
 //! 0.012 / 0.024 against 0.014 / 0.012 / 0.012 / 0.018 from the identity,
 //! `scripts/measure_pairs.py`), so it is used for specs with attention heads
-//! only ([`anchors`]); MLP, CNN and ResNet specs start from the identity.
+//! only (`anchors`); MLP, CNN and ResNet specs start from the identity.
 
 use std::collections::HashMap;
 
