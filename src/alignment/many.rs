@@ -65,6 +65,7 @@ pub fn merge_many(
                 seed: rng.next(),
                 max_iter: opts.max_iter,
                 init: Some(perms[i].clone()),
+                restarts: 1,
             };
             let r = weight_matching(spec, &target, models[i], &sub, &GroupsOnly(observer))?;
             if r.perms != perms[i] {

@@ -19,7 +19,12 @@ use super::output::{clean, print_line, print_stdout, summarize, warn, warn_nonfi
 
 pub fn spec(a: SpecArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&a.path)?;
-    let spec = spec::resolve(&SpecSource::Infer, a.groups.as_deref(), &[&ckpt])?;
+    let source = if a.shared_heads {
+        SpecSource::InferSharedHeads
+    } else {
+        SpecSource::Infer
+    };
+    let spec = spec::resolve(&source, a.groups.as_deref(), &[&ckpt])?;
     for n in &spec.notes {
         warn(n);
     }
@@ -75,6 +80,8 @@ pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
             "seconds": r.seconds,
             "sweep_seconds": r.sweep_seconds,
             "groups": r.groups,
+            "kept_restart": r.kept_restart,
+            "restarts": r.restarts,
             "saved_perm": a.save_perm.as_ref().map(|p| p.display().to_string()),
         });
         print_line(j)?;
@@ -129,7 +136,16 @@ pub fn permute(a: PermuteArgs) -> anyhow::Result<ExitCode> {
     let spec = match (given, &file.spec) {
         (Some(s), _) => s,
         (None, Some(s)) => s.clone(),
-        (None, None) => spec::infer::infer(&ckpt)?,
+        // Perm files of the shared within-head groups name them unsplit.
+        (None, None) => {
+            let spec = spec::infer::infer(&ckpt)?;
+            let known = |n: &String| spec.groups.iter().any(|g| &g.name == n);
+            if file.groups.keys().all(known) {
+                spec
+            } else {
+                spec::infer::infer_shared_heads(&ckpt)?
+            }
+        }
     };
     // A spec embedded in the permutation file that does not fit the
     // checkpoint is reported against the permutation file.

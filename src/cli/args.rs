@@ -268,12 +268,18 @@ pub struct MatchArgs {
     /// Only use these group kinds or names, comma-separated (e.g. ffn,heads,residual).
     #[arg(long, value_delimiter = ',')]
     pub groups: Option<Vec<String>>,
+    /// Inferred spec: one within-head permutation shared by all heads of a layer (a subset of the per-head symmetry; the group names of older perm files).
+    #[arg(long, conflicts_with = "spec")]
+    pub shared_heads: bool,
     /// Seed of the random group order of each sweep.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Maximum number of coordinate-descent sweeps.
     #[arg(long, default_value_t = polymerge::alignment::DEFAULT_MAX_ITER)]
     pub max_iter: usize,
+    /// Weight-matching descents run in parallel (restart r: seed+r, shuffled propagation); the highest objective is kept.
+    #[arg(long, default_value_t = polymerge::alignment::DEFAULT_RESTARTS as u64, value_parser = clap::value_parser!(u64).range(1..1025))]
+    pub restarts: u64,
 }
 
 #[derive(Args, Debug)]
@@ -283,6 +289,9 @@ pub struct SpecArgs {
     /// Only keep these group kinds or names, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub groups: Option<Vec<String>>,
+    /// One within-head permutation shared by all heads of a layer instead of one per head.
+    #[arg(long)]
+    pub shared_heads: bool,
 }
 
 #[derive(Args, Debug)]

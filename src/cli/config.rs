@@ -54,6 +54,7 @@ impl MatchArgs {
         Ok(MatchOptions {
             spec: match &self.spec {
                 Some(p) => SpecSource::Given(PermutationSpec::load(p)?),
+                None if self.shared_heads => SpecSource::InferSharedHeads,
                 None => SpecSource::Infer,
             },
             groups: self.groups.clone(),
@@ -61,6 +62,7 @@ impl MatchArgs {
                 seed: self.seed,
                 max_iter: self.max_iter,
                 init: None,
+                restarts: self.restarts as usize,
             },
         })
     }

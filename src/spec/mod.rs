@@ -23,6 +23,7 @@
 
 pub mod families;
 pub mod infer;
+pub mod per_head;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -383,9 +384,14 @@ impl PermutationSpec {
 /// Where the permutation spec of a run comes from.
 #[derive(Clone, Debug, Default)]
 pub enum SpecSource {
-    /// Inferred from the first checkpoint's tensor names ([`infer::infer`]).
+    /// Inferred from the first checkpoint's tensor names ([`infer::infer`]),
+    /// with per-head within-head groups ([`per_head`]).
     #[default]
     Infer,
+    /// Inferred, with the within-head groups shared by all heads of a layer
+    /// ([`infer::infer_shared_heads`]; the format of perm files saved before
+    /// per-head groups).
+    InferSharedHeads,
     /// A spec file ([`PermutationSpec::load`]).
     File(PathBuf),
     /// A spec already in memory.
@@ -403,6 +409,7 @@ pub fn resolve(
     let first = ckpts.first().ok_or(UsageError::NoCheckpoint)?;
     let mut spec = match source {
         SpecSource::Infer => infer::infer(first)?,
+        SpecSource::InferSharedHeads => infer::infer_shared_heads(first)?,
         SpecSource::File(p) => PermutationSpec::load(p)?,
         SpecSource::Given(s) => s.clone(),
     };

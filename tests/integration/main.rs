@@ -14,6 +14,7 @@ mod completions;
 mod corrupt_input;
 mod ema_cli;
 mod force_in_place;
+mod head_matching;
 mod hostile_cli;
 mod hostile_inputs;
 mod hostile_outputs;
