@@ -9,3 +9,6 @@ pub mod mmap;
 pub mod read;
 pub mod signals;
 pub mod simd;
+
+#[cfg(test)]
+mod tests;

@@ -97,7 +97,9 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// `read_limited` with [`SIDE_FILE_LIMIT`], as UTF-8 text.
+/// Reads a whole side file (index JSON, spec, permutation file,
+/// `config.json`, recipe) of at most [`SIDE_FILE_LIMIT`] bytes, as UTF-8
+/// text, through the same regular-file gate as checkpoints.
 pub fn read_side_file(path: &Path) -> Result<String> {
     let bytes = read_limited(path, SIDE_FILE_LIMIT)?;
     String::from_utf8(bytes).map_err(|e| Error::Read {

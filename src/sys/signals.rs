@@ -265,17 +265,3 @@ mod linux {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retired_temporaries_are_no_longer_listed() {
-        let p = Path::new("/nonexistent/polymerge-registry-test");
-        register_temporary(p);
-        assert!(live_temporaries().iter().any(|x| x == p));
-        retire_temporary(p);
-        assert!(!live_temporaries().iter().any(|x| x == p));
-    }
-}

@@ -347,6 +347,8 @@ impl CheckpointWriter {
                     notes = copy_side_files(&src, &self.temp, &target)?;
                 }
                 let files = if self.in_place {
+                    // A Ctrl-C waits until every file is swapped in.
+                    let _swap = swapping();
                     swap::swap_into(&self.temp, &path)?
                 } else {
                     let files = fs::read_dir(&self.temp)

@@ -47,7 +47,7 @@ fn control_characters_in_names_are_escaped_in_tables_and_errors() {
     );
     assert!(text.contains("w\\u{1b}[31mred\\u{7}"), "{text}");
     // The same name in an error line (a tensor one input lacks).
-    let q = one_tensor(dir.path(), "plain.safetensors", "w", Dtype::F32);
+    one_tensor(dir.path(), "plain.safetensors", "w", Dtype::F32);
     let out = polymerge()
         .current_dir(dir.path())
         .args([
@@ -61,7 +61,6 @@ fn control_characters_in_names_are_escaped_in_tables_and_errors() {
         .unwrap();
     let line = assert_one_error_line(&out, &["\\u{1b}"]);
     assert!(!line.contains('\u{1b}'));
-    drop(q);
 }
 
 #[test]

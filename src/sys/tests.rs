@@ -1,0 +1,53 @@
+//! Tests of the input gate and the signal registries.
+
+use std::path::Path;
+
+use super::read::{open_regular, read_limited};
+use super::signals::{live_temporaries, register_temporary, retire_temporary};
+use crate::error::{Error, ReadError};
+
+#[test]
+fn retired_temporaries_are_no_longer_listed() {
+    let p = Path::new("/nonexistent/polymerge-registry-test");
+    register_temporary(p);
+    assert!(live_temporaries().iter().any(|x| x == p));
+    retire_temporary(p);
+    assert!(!live_temporaries().iter().any(|x| x == p));
+}
+
+#[test]
+fn a_side_file_one_byte_over_the_limit_is_refused_and_one_at_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.json");
+    std::fs::write(&p, b"12345").unwrap();
+    assert_eq!(read_limited(&p, 5).unwrap(), b"12345");
+    match read_limited(&p, 4) {
+        Err(Error::Read {
+            source: ReadError::TooLarge { size: 5, limit: 4 },
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_fifo_and_a_directory_are_refused_without_opening_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (p, kind) in [(fifo.as_path(), "a FIFO"), (dir.path(), "a directory")] {
+        match open_regular(p) {
+            Err(Error::Read {
+                source: ReadError::NotRegular(k),
+                ..
+            }) => assert_eq!(k, kind),
+            other => panic!("{other:?}"),
+        }
+    }
+}
