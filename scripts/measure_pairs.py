@@ -310,36 +310,26 @@ def bn_experiment(pm: str, meas: Measurer, work: Path, only=None) -> dict:
             full = json.loads(so)
             r = {"naive": meas.measure(fam, ROOT / a, sda, sdb),
                  "objective_naive": objective_split(sda, sdb, full)}
-            # 1. align with the inferred spec (running statistics in the objective)
+            # 1. running statistics in the objective (polymerge before issue 9):
+            #    the inferred spec with its buffer flags removed
+            old = json.loads(json.dumps(full))
+            for g in old["groups"]:
+                for m in g["members"]:
+                    m.pop("buffer", None)
+            sp = work / f"bn_{fam}_stats_in_objective_spec.json"
+            sp.write_text(json.dumps(old, indent=1))
             out1, perm1 = work / f"bn_{fam}_{i}{j}_full.safetensors", work / f"bn_{fam}_{i}{j}_full.perm.json"
-            r["align_full"] = align(pm, a, b, out1, perm1, None)
+            r["align_full"] = align(pm, a, b, out1, perm1, str(sp))
             sd1 = tc.load_sd(out1)
             r["align_full"]["same_function_max_abs_delta"] = meas.same_function(fam, ROOT / a, sdb, sd1)
             r["align_full"]["objective_split"] = objective_split(sda, sd1, full)
             r["align_full"]["path"] = meas.measure(fam, ROOT / a, sda, sd1)
-            # 2. weights only: a spec without running_mean / running_var; the
-            #    statistics are then permuted here with the groups' permutations.
-            wspec = json.loads(json.dumps(full))
-            removed = {}
-            for g in wspec["groups"]:
-                keep = []
-                for m in g["members"]:
-                    if m["tensor"].endswith(("running_mean", "running_var")):
-                        assert m.get("start", 0) == 0 and m.get("block", 1) == 1 and m.get("repeat", 1) == 1 and m["axis"] == 0
-                        removed[m["tensor"]] = g["name"]
-                    else:
-                        keep.append(m)
-                g["members"] = keep
-            sp = work / f"bn_{fam}_weights_only_spec.json"
-            sp.write_text(json.dumps(wspec, indent=1))
+            # 2. polymerge's inferred spec: running statistics are buffers
+            #    (permuted with their channels, left out of the objective)
+            assert any(m.get("buffer") for g in full["groups"] for m in g["members"]), "spec without buffers"
             out2, perm2 = work / f"bn_{fam}_{i}{j}_wonly.safetensors", work / f"bn_{fam}_{i}{j}_wonly.perm.json"
-            r["align_weights_only"] = align(pm, a, b, out2, perm2, str(sp))
-            perms = json.loads(perm2.read_text())["groups"]
-            sd2 = dict(tc.load_sd(out2))
-            for t, gname in removed.items():
-                assert torch.equal(sd2[t], sdb[t])  # untouched by polymerge
-                sd2[t] = sdb[t][torch.tensor(perms[gname])]
-            r["align_weights_only"]["running_stats_permuted_in_python"] = len(removed)
+            r["align_weights_only"] = align(pm, a, b, out2, perm2, None)
+            sd2 = tc.load_sd(out2)
             r["align_weights_only"]["same_function_max_abs_delta"] = meas.same_function(fam, ROOT / a, sdb, sd2)
             r["align_weights_only"]["objective_split"] = objective_split(sda, sd2, full)
             r["align_weights_only"]["path"] = meas.measure(fam, ROOT / a, sda, sd2)
@@ -352,13 +342,37 @@ def bn_markdown(res: dict) -> str:
              "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for k, r in res.items():
         rows = [("naive", r["naive"], r["objective_naive"])]
-        rows.append(("inferred spec (stats in objective)", r["align_full"]["path"], r["align_full"]["objective_split"]))
-        rows.append(("weights only, stats permuted after", r["align_weights_only"]["path"], r["align_weights_only"]["objective_split"]))
+        rows.append(("aligned, running stats in the objective (before issue 9)", r["align_full"]["path"], r["align_full"]["objective_split"]))
+        rows.append(("aligned, running stats as buffers (polymerge default)", r["align_weights_only"]["path"], r["align_weights_only"]["objective_split"]))
         for name, p, o in rows:
             lines.append(f"| {k} | {name} | {p['stored']['barrier']:.3f} | {p['reestimated']['barrier']:.3f} | "
                          f"{p['stored']['midpoint_loss']:.3f} / {p['reestimated']['midpoint_loss']:.3f} | "
                          f"{o['weights']:.1f} | {o['running_mean']:.1f} | {o['running_var']:.1f} | {o['total']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+BN_BEGIN, BN_END = "<!-- bn-readme:begin -->", "<!-- bn-readme:end -->"
+
+
+def bn_readme(res: dict) -> str:
+    """The README's BatchNorm table: per pair the held-out barrier naive and
+    aligned (polymerge's default, running statistics as buffers; and as
+    before issue 9, statistics in the objective), with the stored (averaged)
+    running statistics and with statistics re-estimated on training data."""
+    lines = ["| pair | naive: stored / re-estimated stats | aligned (stats as buffers): stored / re-estimated | "
+             "aligned, stats in the objective: stored / re-estimated |", "|---|---:|---:|---:|"]
+    for k, r in res.items():
+        cell = lambda p: f"{p['stored']['barrier']:.2f} / {p['reestimated']['barrier']:.2f}"
+        lines.append(f"| {k} | {cell(r['naive'])} | {cell(r['align_weights_only']['path'])} | "
+                     f"{cell(r['align_full']['path'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_bn_readme(res: dict) -> None:
+    readme = ROOT / "README.md"
+    body = readme.read_text()
+    i, k = body.index(BN_BEGIN), body.index(BN_END)
+    readme.write_text(body[: i + len(BN_BEGIN)] + "\n\n" + bn_readme(res) + "\n" + body[k:])
 
 
 # ------------------------------------------------------------------ main
@@ -514,6 +528,8 @@ def main() -> int:
             res = {**json.loads(bn_path.read_text())["pairs"], **res}
         (outdir / "bn_experiment.json").write_text(json.dumps({"polymerge": meta["polymerge"], "pairs": res}, indent=1) + "\n")
         (outdir / "bn_experiment.md").write_text(bn_markdown(res))
+        if args.write:
+            write_bn_readme(res)
         print(bn_markdown(res))
     print(markdown(rows, meta))
     print(f"wrote {outdir}/pairs.json, pairs.md ({meta['seconds']} s)")

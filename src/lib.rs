@@ -86,6 +86,16 @@ pub mod write;
 mod sys;
 
 pub use error::{Error, Result};
+pub use sys::read::{SIDE_FILE_LIMIT, read_side_file};
+
+/// Makes signals safe for a process that writes outputs: `SIGBUS` from an
+/// input that shrinks while mapped removes the temporaries and exits with
+/// one line (`input changed while reading`), and `SIGXFSZ` (`ulimit -f`) is
+/// ignored so that the write fails with an error instead. The binary calls
+/// this once at start.
+pub fn install_signal_handlers() {
+    sys::signals::install();
+}
 
 /// Version string written into merge metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

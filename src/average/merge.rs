@@ -89,8 +89,12 @@ pub fn run(
                     counters.push(words);
                     counter_from = Some((from, sources[from].checkpoint().source().to_path_buf()));
                 }
-                if averaged {
+                // Float parameters written, averaged or (one input,
+                // `permute`) copied.
+                if averaged || dtype::is_float(pt.plan.dtype) {
                     params += numel as u64;
+                }
+                if averaged {
                     running_stats +=
                         usize::from(sources.len() > 1 && super::is_running_stat(&pt.plan.name));
                     if let Some(s) = sink.as_deref_mut() {

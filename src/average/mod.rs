@@ -186,7 +186,8 @@ pub struct NonFinite {
 pub struct MergeReport {
     pub written: WriteSummary,
     pub tensors: usize,
-    /// Elements of the averaged float tensors.
+    /// Elements of the float tensors written (averaged, or copied from a
+    /// single input as by `permute`).
     pub params: u64,
     pub seconds: f64,
     pub nonfinite: Vec<NonFinite>,

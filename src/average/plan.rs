@@ -125,6 +125,10 @@ fn promote(a: Dtype, b: Dtype) -> Dtype {
 pub fn validate_weights(weights: &[f64], inputs: usize) -> Result<()> {
     validate_weight_values(weights, inputs)?;
     let sum: f64 = weights.iter().sum();
+    // The division is by f32(Σw).
+    if !sum.is_finite() || !(sum as f32).is_finite() {
+        return Err(WeightsError::SumRange.into());
+    }
     if sum == 0.0 || (sum as f32) == 0.0 {
         return Err(WeightsError::SumZero.into());
     }
@@ -146,6 +150,23 @@ fn validate_weight_values(weights: &[f64], inputs: usize) -> Result<()> {
             value: w,
         }
         .into());
+    }
+    // The merge uses each weight as f32 and accumulates Σ wᵢ·xᵢ in f32:
+    // check what is used, not the f64 given.
+    if let Some((i, &w)) = weights
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !(**w as f32).is_finite())
+    {
+        return Err(WeightsError::F32Range {
+            position: i + 1,
+            value: w,
+        }
+        .into());
+    }
+    let magnitude: f32 = weights.iter().map(|&w| (w as f32).abs()).sum();
+    if !magnitude.is_finite() {
+        return Err(WeightsError::SumRange.into());
     }
     Ok(())
 }

@@ -233,8 +233,8 @@ pub struct BarrierArgs {
     /// Data file: safetensors with `x` [N, D] and `y` [N].
     #[arg(long)]
     pub data: PathBuf,
-    /// Points on the path, including both ends (at least 2).
-    #[arg(long, default_value_t = 11, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+    /// Points on the path, including both ends (2 to 10000).
+    #[arg(long, default_value_t = 11, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=polymerge::evaluate::MAX_PATH_POINTS as u64))]
     pub steps: usize,
     /// Align B to A (weight matching) before interpolating.
     #[arg(long)]

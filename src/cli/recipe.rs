@@ -55,6 +55,6 @@ pub fn run(a: RecipeArgs) -> anyhow::Result<ExitCode> {
         r => r?,
     };
     warn_nonfinite(&report.nonfinite);
-    summarize("merged", &a.out, &report, ckpts.len());
+    summarize("merged", &a.out, &report, ckpts.len())?;
     Ok(ExitCode::SUCCESS)
 }

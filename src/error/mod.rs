@@ -14,7 +14,7 @@ mod stages;
 
 use std::path::PathBuf;
 
-pub use inputs::{FormatError, IndexError, MismatchError, TensorError};
+pub use inputs::{FormatError, IndexError, MismatchError, ReadError, TensorError};
 pub use recipe::RecipeError;
 pub use stages::{
     AssignmentError, EmaError, ModelError, OutputError, PermError, SpecError, StepError,
@@ -34,6 +34,15 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+
+    /// A file that cannot be read as an input: not a regular file (a FIFO,
+    /// a device), or a side file over the size limit.
+    #[error("{}: cannot read", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: ReadError,
     },
 
     /// The file is not a readable safetensors file (bad header, truncated, ...).
@@ -109,6 +118,14 @@ pub enum Error {
     /// The training steps of an EMA's checkpoints cannot be worked out.
     #[error(transparent)]
     Steps(#[from] StepError),
+
+    /// A data file that does not fit the model being evaluated.
+    #[error("{}: data does not fit the model", path.display())]
+    Data {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
 
     /// A model the MLP evaluator cannot run.
     #[error(transparent)]

@@ -93,7 +93,7 @@ impl Recipe {
     /// Reads and validates the recipe at `path`; every model path must exist.
     pub fn load(path: impl AsRef<Path>) -> Result<Recipe> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::read_side_file(path)?;
         let dir = path.parent().unwrap_or(Path::new(""));
         Self::parse(&text, dir)
             .map_err(|source| Error::Recipe {

@@ -96,7 +96,7 @@ pub fn load_config(ckpt: &Checkpoint) -> Result<Option<serde_json::Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::read_side_file(&path)?;
     // A `config.json` that is not a JSON object is not a model config: the
     // transformer families then report that head counts are unknown.
     Ok(serde_json::from_str::<serde_json::Value>(&text)

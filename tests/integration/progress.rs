@@ -25,11 +25,9 @@ fn an_aligned_average_writes_no_progress_drawing_when_stderr_is_not_a_terminal()
     assert!(!err.contains('\r') && !err.contains('\u{1b}'), "{err:?}");
     // The alignment table and the summary are still there.
     assert!(err.contains("aligned input 2 to input 1:"), "{err}");
+    // (A BatchNorm note may follow the summary: this CNN holds BN statistics.)
     assert!(
-        err.lines()
-            .last()
-            .unwrap()
-            .starts_with("averaged 2 input(s)"),
+        err.lines().any(|l| l.starts_with("averaged 2 input(s)")),
         "{err}"
     );
 }

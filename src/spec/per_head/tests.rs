@@ -2,10 +2,12 @@ use super::*;
 
 fn m(tensor: &str, axis: usize, start: usize, block: usize, repeat: usize) -> AxisMember {
     AxisMember {
+        tensor: tensor.into(),
+        axis,
         start,
         block,
         repeat,
-        ..AxisMember::plain(tensor, axis)
+        buffer: false,
     }
 }
 
