@@ -83,31 +83,35 @@ pub fn accumulate_positions(
     axis: usize,
     units: &[Vec<usize>],
 ) {
+    let g = unit_rows(a, shape, axis, units).dot(&unit_rows(b, shape, axis, units).t());
+    for (x, y) in s.iter_mut().zip(g.iter()) {
+        *x += *y as f64;
+    }
+}
+
+/// The tensor `x` of `shape` as one row per unit: row `u` holds every
+/// element whose position along `axis` is in `units[u]` (every unit the
+/// same number of positions, in matching order).
+pub fn unit_rows(x: &[f32], shape: &[usize], axis: usize, units: &[Vec<usize>]) -> Array2<f32> {
     let n = units.len();
     let axis_len = shape[axis];
     let pre: usize = shape[..axis].iter().product();
     let post: usize = shape[axis + 1..].iter().product();
     let per = units.first().map_or(0, Vec::len);
-    let gather = |x: &[f32]| {
-        let mut out = Array2::<f32>::zeros((n, pre * per * post));
-        for (u, positions) in units.iter().enumerate() {
-            let mut row = out.row_mut(u);
-            let row = row.as_slice_mut().expect("standard layout");
-            let mut k = 0;
-            for p in 0..pre {
-                for &pos in positions {
-                    let base = (p * axis_len + pos) * post;
-                    row[k..k + post].copy_from_slice(&x[base..base + post]);
-                    k += post;
-                }
+    let mut out = Array2::<f32>::zeros((n, pre * per * post));
+    for (u, positions) in units.iter().enumerate() {
+        let mut row = out.row_mut(u);
+        let row = row.as_slice_mut().expect("standard layout");
+        let mut k = 0;
+        for p in 0..pre {
+            for &pos in positions {
+                let base = (p * axis_len + pos) * post;
+                row[k..k + post].copy_from_slice(&x[base..base + post]);
+                k += post;
             }
         }
-        out
-    };
-    let g = gather(a).dot(&gather(b).t());
-    for (x, y) in s.iter_mut().zip(g.iter()) {
-        *x += *y as f64;
     }
+    out
 }
 
 /// Copies a tensor viewed as `[pre, axis_len, post]` into `[n, L]`, row `u`

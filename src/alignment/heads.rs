@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::step::GroupStep;
-use super::{AlignOptions, Alignment, WeightSource, descend};
+use super::{AlignOptions, Alignment, WeightSource, descend_plain as descend};
 use crate::error::Result;
 use crate::observe::Observer;
 use crate::permute::GroupPerms;

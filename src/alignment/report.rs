@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::start::StartPhase;
 use super::step::Visit;
 use crate::observe::{Event, Observer};
 use crate::permute::GroupPerms;
@@ -31,6 +32,36 @@ pub struct GroupReport {
     /// Visits skipped because no group sharing a tensor with this one had
     /// changed since its last visit (the solve would repeat itself).
     pub skipped: usize,
+    /// How the starting permutation was found (absent: identity or given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartPhase>,
+    /// Times the permutation was set by a joint step of its heads group.
+    pub joint_updates: usize,
+}
+
+/// One descent of a run with restarts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RestartReport {
+    pub restart: usize,
+    /// The seed of its group order.
+    pub seed: u64,
+    pub objective_after: f64,
+    pub sweeps: usize,
+    pub converged: bool,
+    pub seconds: f64,
+}
+
+impl RestartReport {
+    pub(super) fn of(restart: usize, seed: u64, a: &Alignment) -> Self {
+        Self {
+            restart,
+            seed,
+            objective_after: a.objective_after,
+            sweeps: a.sweeps,
+            converged: a.converged,
+            seconds: a.seconds,
+        }
+    }
 }
 
 /// The result of weight matching B onto A.
@@ -46,6 +77,9 @@ pub struct Alignment {
     /// Wall-clock seconds of each sweep.
     pub sweep_seconds: Vec<f64>,
     pub groups: Vec<GroupReport>,
+    /// The restart kept (highest objective), and every restart.
+    pub kept_restart: usize,
+    pub restarts: Vec<RestartReport>,
 }
 
 /// What one descent records.
@@ -66,11 +100,12 @@ pub(super) struct Log<'s> {
 }
 
 impl<'s> Log<'s> {
-    pub(super) fn new(spec: &'s PermutationSpec) -> Self {
+    pub(super) fn new(spec: &'s PermutationSpec, phase: Option<&[Option<StartPhase>]>) -> Self {
         let reports = spec
             .groups
             .iter()
-            .map(|g| GroupReport {
+            .enumerate()
+            .map(|(i, g)| GroupReport {
                 name: g.name.clone(),
                 kind: g.kind.clone(),
                 size: g.size,
@@ -82,6 +117,8 @@ impl<'s> Log<'s> {
                 seconds_assignment: 0.0,
                 visits: 0,
                 skipped: 0,
+                start: phase.and_then(|p| p[i]),
+                joint_updates: 0,
             })
             .collect();
         let n = spec.groups.len();
@@ -160,6 +197,15 @@ impl<'s> Log<'s> {
         });
     }
 
+    /// Group `c`'s permutation, `old`, replaced by `new` along with the
+    /// joint step of its heads group.
+    pub(super) fn moved_along(&mut self, c: usize, old: &[usize], new: &[usize]) {
+        if old != new {
+            self.last_change[c] = self.step;
+            self.reports[c].joint_updates += 1;
+        }
+    }
+
     /// The [`Alignment`] of the descent that ended with `perms`.
     pub(super) fn finish(
         mut self,
@@ -181,6 +227,8 @@ impl<'s> Log<'s> {
             seconds: start.elapsed().as_secs_f64(),
             sweep_seconds: self.sweep_seconds,
             groups: self.reports,
+            kept_restart: 0,
+            restarts: Vec::new(),
         }
     }
 }

@@ -6,7 +6,8 @@ use std::sync::mpsc::{channel, sync_channel};
 use std::time::Instant;
 
 use super::chunk::{average_chunk_f32, average_chunk_f64};
-use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Plan};
+use super::linear::{LinearWeights, linear_chunk};
+use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Numerics, Plan};
 use crate::checkpoint::dtype;
 use crate::checkpoint::stream::{ChunkSink, Chunks, TensorSource};
 use crate::error::{Error, MismatchError, Result, TensorError};
@@ -32,6 +33,10 @@ pub fn run(
     let start = Instant::now();
     let weights32: Vec<f32> = opts.weights.iter().map(|&w| w as f32).collect();
     let sum64: f64 = opts.weights.iter().sum();
+    let linear = match opts.numerics {
+        Numerics::MergekitLinear { normalize, .. } => LinearWeights::new(&opts.weights, normalize),
+        Numerics::Mean => LinearWeights::new(&opts.weights, false),
+    };
     let mut nonfinite = Vec::new();
     let mut notes = Vec::new();
     let mut counters: Vec<String> = Vec::new();
@@ -70,7 +75,10 @@ pub fn run(
                 } else {
                     (pt.plan.nbytes(), 1)
                 };
-                let averaged = matches!(pt.action, Action::AverageF32 | Action::AverageF64);
+                let averaged = matches!(
+                    pt.action,
+                    Action::AverageF32 | Action::AverageF64 | Action::Linear { .. }
+                );
                 let mut counts = vec![0u64; sources.len()];
                 if matches!(pt.action, Action::CopyExact) {
                     check_identical(&sources)?;
@@ -81,8 +89,12 @@ pub fn run(
                     counters.push(words);
                     counter_from = Some((from, sources[from].checkpoint().source().to_path_buf()));
                 }
-                if averaged {
+                // Float parameters written, averaged or (one input,
+                // `permute`) copied.
+                if averaged || dtype::is_float(pt.plan.dtype) {
                     params += numel as u64;
+                }
+                if averaged {
                     running_stats +=
                         usize::from(sources.len() > 1 && super::is_running_stat(&pt.plan.name));
                     if let Some(s) = sink.as_deref_mut() {
@@ -109,6 +121,14 @@ pub fn run(
                             sources.as_slice(),
                             &weights32,
                             sum64 as f32,
+                            pt.plan.dtype,
+                            range.clone(),
+                            &mut buf,
+                        )),
+                        Action::Linear { compute } => Some(linear_chunk(
+                            sources.as_slice(),
+                            &linear,
+                            compute,
                             pt.plan.dtype,
                             range.clone(),
                             &mut buf,

@@ -15,6 +15,13 @@
 //! One input whose dtype is kept is copied byte for byte (that is how `align`
 //! and `permute` write B).
 //!
+//! # mergekit linear
+//!
+//! [`Numerics::MergekitLinear`] computes what mergekit's `linear` method
+//! does instead (fused multiply-adds in f32, the compute dtype's rounding,
+//! optional normalisation), bit for bit; the formula is documented in
+//! `linear.rs` ([`LinearWeights`], [`torch_sum_f32`]).
+//!
 //! Work is split into chunks of [`CHUNK_ELEMS`] output elements: each chunk is
 //! computed by the rayon pool in sub-blocks of [`SUB_ELEMS`] while a writer
 //! thread appends the previous chunks to the output (straight to disk, see
@@ -23,6 +30,7 @@
 //! size.
 
 mod chunk;
+mod linear;
 mod merge;
 mod plan;
 
@@ -36,6 +44,7 @@ use crate::write::{TensorPlan, WriteSummary};
 
 pub use crate::checkpoint::stream::{CHUNK_ELEMS, MergeInput, SUB_ELEMS};
 pub use chunk::average_slices_f32;
+pub use linear::{LinearWeights, torch_sum_f32, torch_sum_f64};
 pub use merge::run;
 pub use plan::{plan, validate_weights};
 
@@ -49,6 +58,23 @@ pub enum Accumulation {
     F64,
 }
 
+/// Which formula computes a weighted average.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Numerics {
+    /// PyTorch's `(sum(w * t.float() for ...) / sum(w)).to(dtype)` (the
+    /// default; see the module documentation).
+    #[default]
+    Mean,
+    /// mergekit's `merge_method: linear` (see [`linear`](self#mergekit-linear)):
+    /// computed in `compute` (default: the inputs' promoted dtype), divided
+    /// by the weights' sum only with `normalize`; the output dtype is
+    /// [`MergeOptions::dtype`] (mergekit's `out_dtype`), else the compute dtype.
+    MergekitLinear {
+        compute: Option<Dtype>,
+        normalize: bool,
+    },
+}
+
 /// How to merge.
 #[derive(Clone, Debug)]
 pub struct MergeOptions {
@@ -59,6 +85,8 @@ pub struct MergeOptions {
     pub accumulation: Accumulation,
     /// Fail on NaN/Inf in inputs instead of warning.
     pub strict_nonfinite: bool,
+    /// The formula (PyTorch's mean by default).
+    pub numerics: Numerics,
     /// Which input's step counters (`num_batches_tracked`) the output keeps.
     pub counters: CounterRule,
 }
@@ -94,6 +122,7 @@ impl MergeOptions {
             dtype: None,
             accumulation: Accumulation::Auto,
             strict_nonfinite: false,
+            numerics: Numerics::Mean,
             counters: CounterRule::First,
         }
     }
@@ -110,6 +139,8 @@ pub enum Action {
     CopyExact,
     /// Copied from the first input unchecked (one input, or an opaque dtype).
     Copy,
+    /// mergekit's linear merge, computed in `compute`.
+    Linear { compute: Dtype },
     /// An integer step counter copied from input `n` ([`CounterRule`]).
     Counter(usize),
 }
@@ -155,7 +186,8 @@ pub struct NonFinite {
 pub struct MergeReport {
     pub written: WriteSummary,
     pub tensors: usize,
-    /// Elements of the averaged float tensors.
+    /// Elements of the float tensors written (averaged, or copied from a
+    /// single input as by `permute`).
     pub params: u64,
     pub seconds: f64,
     pub nonfinite: Vec<NonFinite>,

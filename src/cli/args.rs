@@ -75,6 +75,11 @@ pub enum Command {
         after_help = "Examples:\n  polymerge basin a.safetensors b.safetensors\n  polymerge basin a.safetensors b.safetensors --align --json\n\nExit codes: 0 connected, 3 disconnected, 4 uncertain (1 error, 2 usage). See docs/basin.md."
     )]
     Basin(BasinArgs),
+    /// Run a mergekit recipe (YAML, `merge_method: linear`) with mergekit's numerics.
+    #[command(
+        after_help = "Examples:\n  polymerge recipe merge.yml -o merged/\n  polymerge recipe soup.yml -o soup.safetensors --json\n\nUnderstood: merge_method: linear; models: [{model: PATH, parameters: {weight: W}}];\nparameters: {normalize, weight}; dtype; out_dtype; align: true|many (polymerge extension).\nModel paths are relative to the recipe file. Any other key is an error. See docs/recipes.md."
+    )]
+    Recipe(RecipeArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         after_help = "Examples:\n  polymerge completions bash > ~/.local/share/bash-completion/completions/polymerge\n  polymerge completions zsh > ~/.zfunc/_polymerge\n  polymerge completions fish > ~/.config/fish/completions/polymerge.fish"
@@ -85,6 +90,19 @@ pub enum Command {
         after_help = "Examples:\n  polymerge man > polymerge.1\n  polymerge man avg > polymerge-avg.1\n  polymerge man | man -l -"
     )]
     Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RecipeArgs {
+    /// The recipe: mergekit YAML.
+    pub recipe: PathBuf,
+    /// Make NaN/Inf values in the inputs an error instead of a warning.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub basin: CheckArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Args, Debug)]
@@ -128,9 +146,12 @@ pub struct EmaArgs {
     /// Print every checkpoint's step and effective weight (stderr; in the JSON with --json).
     #[arg(long)]
     pub print_weights: bool,
-    /// Only compute and print the weights; write nothing.
+    /// Only compute and print the weights; write no checkpoint (a --plot is still drawn).
     #[arg(long)]
     pub dry_run: bool,
+    /// Draw every checkpoint's weight over its step into this SVG file (--force replaces it).
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
     /// Make NaN/Inf values in the inputs an error instead of a warning.
     #[arg(long)]
     pub strict: bool,
@@ -212,8 +233,8 @@ pub struct BarrierArgs {
     /// Data file: safetensors with `x` [N, D] and `y` [N].
     #[arg(long)]
     pub data: PathBuf,
-    /// Points on the path, including both ends (at least 2).
-    #[arg(long, default_value_t = 11, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+    /// Points on the path, including both ends (2 to 10000).
+    #[arg(long, default_value_t = 11, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=polymerge::evaluate::MAX_PATH_POINTS as u64))]
     pub steps: usize,
     /// Align B to A (weight matching) before interpolating.
     #[arg(long)]
@@ -223,6 +244,19 @@ pub struct BarrierArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub plot: PlotArgs,
+}
+
+/// `--plot` of commands that write no checkpoint (with a `--force` of its own).
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Draw the results into this SVG file.
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
+    /// Replace an existing plot file.
+    #[arg(long, requires = "plot")]
+    pub force: bool,
 }
 
 /// Options of weight matching, shared by `align` and `avg --align`.
@@ -234,12 +268,18 @@ pub struct MatchArgs {
     /// Only use these group kinds or names, comma-separated (e.g. ffn,heads,residual).
     #[arg(long, value_delimiter = ',')]
     pub groups: Option<Vec<String>>,
+    /// Inferred spec: one within-head permutation shared by all heads of a layer (a subset of the per-head symmetry; the group names of older perm files).
+    #[arg(long, conflicts_with = "spec")]
+    pub shared_heads: bool,
     /// Seed of the random group order of each sweep.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Maximum number of coordinate-descent sweeps.
     #[arg(long, default_value_t = polymerge::alignment::DEFAULT_MAX_ITER)]
     pub max_iter: usize,
+    /// Weight-matching descents run in parallel (restart r: seed+r, shuffled propagation); the highest objective is kept.
+    #[arg(long, default_value_t = polymerge::alignment::DEFAULT_RESTARTS as u64, value_parser = clap::value_parser!(u64).range(1..1025))]
+    pub restarts: u64,
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +289,9 @@ pub struct SpecArgs {
     /// Only keep these group kinds or names, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub groups: Option<Vec<String>>,
+    /// One within-head permutation shared by all heads of a layer instead of one per head.
+    #[arg(long)]
+    pub shared_heads: bool,
 }
 
 #[derive(Args, Debug)]
@@ -377,6 +420,8 @@ pub struct BasinArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub plot: PlotArgs,
 }
 
 /// The basin check options of `avg` and `ema`.

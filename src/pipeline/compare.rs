@@ -175,7 +175,10 @@ fn spec_for(
     if skip.is_some() {
         return Ok((None, skip));
     }
-    let inferred = matches!(opts.matching.spec, SpecSource::Infer);
+    let inferred = matches!(
+        opts.matching.spec,
+        SpecSource::Infer | SpecSource::InferSharedHeads
+    );
     match opts.matching.resolve_spec(&[a, b]) {
         Ok(s) => Ok((Some(s), None)),
         Err(e) if !opts.align && opts.when == WhenMatching::Auto && inferred => {

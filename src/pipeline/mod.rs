@@ -30,10 +30,12 @@ use std::time::Instant;
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::average::{self, Accumulation, CounterRule, MergeInput, MergeOptions, MergeReport};
+use crate::average::{
+    self, Accumulation, CounterRule, MergeInput, MergeOptions, MergeReport, Numerics,
+};
 use crate::basin::{self, Assessment, Thresholds, Verdict};
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result, UsageError};
+use crate::error::{Error, OutputError, Result, UsageError};
 use crate::permute::ModelPermutation;
 use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout};
 
@@ -118,9 +120,31 @@ impl Output {
         self
     }
 
-    /// Fails if the output exists and `force` is not set.
+    /// Checks the output before any work: fails if it exists and `force`
+    /// is not set, if it is a device node, FIFO or socket, if a
+    /// `.safetensors` name ends with `/`, or if its directory is missing.
     pub fn refuse_existing(&self) -> Result<()> {
-        write::refuse_existing(self.layout.path(), self.force)
+        let path = self.layout.path();
+        let fail = |source| {
+            Err(Error::Output {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        if matches!(self.layout, OutputLayout::File(_))
+            && path.as_os_str().to_string_lossy().ends_with('/')
+        {
+            return fail(OutputError::TrailingSlash);
+        }
+        write::refuse_existing(path, self.force)?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return fail(OutputError::NoDirectory(parent));
+        }
+        write::probe_directory(&parent, path)
     }
 
     /// The layout, with side files taken from `model_dir` for a directory
@@ -199,6 +223,12 @@ impl<'a> Merge<'a> {
     /// Precision of the running sum.
     pub fn accumulation(mut self, accumulation: Accumulation) -> Self {
         self.options.accumulation = accumulation;
+        self
+    }
+
+    /// The averaging formula (PyTorch's mean by default, or mergekit's linear).
+    pub fn numerics(mut self, numerics: Numerics) -> Self {
+        self.options.numerics = numerics;
         self
     }
 

@@ -25,8 +25,25 @@ const NORM_VECTORS: &[&str] = &["weight", "bias", "running_mean", "running_var"]
 /// Infers a spec for `ckpt`: transformers (BERT/RoBERTa, GPT-2, LLaMA
 /// family) and torchvision ResNets first, then MLP/CNN chains. Head counts
 /// come from the `config.json` of the checkpoint's model directory (or the
-/// directory of a single file) when there is one.
+/// directory of a single file) when there is one. Within-head groups are
+/// per head ([`super::per_head::split`]): every head reorders its own
+/// dimensions.
 pub fn infer(ckpt: &Checkpoint) -> Result<PermutationSpec> {
+    let shared = infer_shared_heads(ckpt)?;
+    let mut spec = super::per_head::split(&shared);
+    if spec.groups.len() != shared.groups.len() {
+        // The caveat of shared groups no longer applies.
+        spec.notes.retain(|n| !n.starts_with(SHARED_NOTE));
+    }
+    Ok(spec)
+}
+
+/// The start of the note of a spec with shared within-head groups.
+const SHARED_NOTE: &str = "within-head dimension groups";
+
+/// [`infer`] with the within-head groups (and the query heads inside a KV
+/// group) shared by all heads of a layer: a subset of the symmetry.
+pub fn infer_shared_heads(ckpt: &Checkpoint) -> Result<PermutationSpec> {
     let mut spec = infer_groups(ckpt)?;
     spec.mark_running_stats();
     Ok(spec)
@@ -79,7 +96,7 @@ pub fn load_config(ckpt: &Checkpoint) -> Result<Option<serde_json::Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::read_side_file(&path)?;
     // A `config.json` that is not a JSON object is not a model config: the
     // transformer families then report that head counts are unknown.
     Ok(serde_json::from_str::<serde_json::Value>(&text)

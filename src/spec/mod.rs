@@ -23,6 +23,7 @@
 
 pub mod families;
 pub mod infer;
+pub mod per_head;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,14 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, dtype};
 use crate::error::{Error, PermError, Result, SpecError, UsageError};
 use crate::permute::{GroupPerms, ModelPermutation, TensorPermutation, is_permutation};
+
+/// Largest similarity matrix (bytes) weight matching builds for a group
+/// whose tensors hold far fewer values than the matrix (see
+/// [`PermutationSpec::validate`]): 256 MiB.
+pub const MAX_SIMILARITY_BYTES: usize = 256 << 20;
+/// Most pairs of groups that may share tensors (Σ over tensors of the
+/// square of the number of groups acting on it).
+pub const MAX_GROUP_PAIRS: usize = 1 << 24;
 
 /// The `format` tag of spec files this version reads and writes.
 pub const SPEC_FORMAT: &str = "polymerge-spec/1";
@@ -172,7 +181,7 @@ impl PermutationSpec {
             path: Some(path.to_path_buf()),
             source: Box::new(source),
         };
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::read_side_file(path)?;
         let spec: PermutationSpec =
             serde_json::from_str(&text).map_err(|e| fail(SpecError::Json(e)))?;
         if spec.format != SPEC_FORMAT {
@@ -213,6 +222,7 @@ impl PermutationSpec {
         let mut names = HashSet::new();
         for g in &self.groups {
             let group = || g.name.clone();
+            let mut values = 0usize;
             if !names.insert(g.name.as_str()) {
                 return fail(SpecError::Duplicate(group()));
             }
@@ -253,20 +263,82 @@ impl PermutationSpec {
                     });
                 }
                 let len = t.shape[m.axis];
-                if m.start + m.span(g.size) > len {
-                    return fail(SpecError::Span {
+                // Numbers come from a file: checked arithmetic, so that a
+                // huge start, block or repeat is an error, not a wrap.
+                let need = m
+                    .repeat
+                    .checked_mul(g.size)
+                    .and_then(|n| n.checked_mul(m.block))
+                    .and_then(|n| n.checked_add(m.start));
+                match need {
+                    Some(need) if need <= len => {}
+                    _ => {
+                        return fail(SpecError::Span {
+                            group: group(),
+                            size: g.size,
+                            tensor: tensor(),
+                            axis: m.axis,
+                            len,
+                            start: m.start,
+                            block: m.block,
+                            repeat: m.repeat,
+                            need: need.map_or("more than 2^64".into(), |n| n.to_string()),
+                        });
+                    }
+                }
+                // An axis of a tensor without elements (shape [2^40, 0])
+                // holds no units to match, whatever its length says.
+                if t.numel() == 0 {
+                    return fail(SpecError::Empty {
                         group: group(),
-                        size: g.size,
                         tensor: tensor(),
-                        axis: m.axis,
-                        len,
-                        start: m.start,
-                        block: m.block,
-                        repeat: m.repeat,
-                        need: m.start + m.span(g.size),
+                        shape: t.shape.clone(),
                     });
                 }
+                values = values.saturating_add(t.numel());
             }
+            // Weight matching holds an n × n f64 similarity matrix per
+            // group: refuse one that dwarfs the weights it is computed from
+            // (real groups hold at least about n² values: n × d_in rows).
+            let matrix = g.size.saturating_mul(g.size);
+            if matrix.saturating_mul(8) > MAX_SIMILARITY_BYTES && matrix / 16 > values {
+                return fail(SpecError::Degenerate {
+                    group: group(),
+                    reason: format!(
+                        "{} units need a {}×{} similarity matrix ({} MiB) but the group's tensors hold only {} values",
+                        g.size,
+                        g.size,
+                        g.size,
+                        matrix.saturating_mul(8) >> 20,
+                        values
+                    ),
+                });
+            }
+        }
+        // Groups sharing a tensor are each other's neighbours in weight
+        // matching (a list per group): thousands of groups on one tensor
+        // make that quadratic.
+        let mut touching: HashMap<&str, HashSet<usize>> = HashMap::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            for m in &g.members {
+                touching.entry(m.tensor.as_str()).or_default().insert(gi);
+            }
+        }
+        let pairs: usize = touching
+            .values()
+            .map(|s| s.len().saturating_mul(s.len()))
+            .fold(0, usize::saturating_add);
+        if pairs > MAX_GROUP_PAIRS
+            && let Some((tensor, set)) = touching.iter().max_by_key(|(_, s)| s.len())
+        {
+            return fail(SpecError::Degenerate {
+                group: self.groups[*set.iter().min().unwrap_or(&0)].name.clone(),
+                reason: format!(
+                    "{} groups act on tensor `{tensor}` ({} pairs of groups share tensors, more than {MAX_GROUP_PAIRS}); merge groups that move the same units",
+                    set.len(),
+                    pairs
+                ),
+            });
         }
         Ok(())
     }
@@ -312,9 +384,14 @@ impl PermutationSpec {
 /// Where the permutation spec of a run comes from.
 #[derive(Clone, Debug, Default)]
 pub enum SpecSource {
-    /// Inferred from the first checkpoint's tensor names ([`infer::infer`]).
+    /// Inferred from the first checkpoint's tensor names ([`infer::infer`]),
+    /// with per-head within-head groups ([`per_head`]).
     #[default]
     Infer,
+    /// Inferred, with the within-head groups shared by all heads of a layer
+    /// ([`infer::infer_shared_heads`]; the format of perm files saved before
+    /// per-head groups).
+    InferSharedHeads,
     /// A spec file ([`PermutationSpec::load`]).
     File(PathBuf),
     /// A spec already in memory.
@@ -332,6 +409,7 @@ pub fn resolve(
     let first = ckpts.first().ok_or(UsageError::NoCheckpoint)?;
     let mut spec = match source {
         SpecSource::Infer => infer::infer(first)?,
+        SpecSource::InferSharedHeads => infer::infer_shared_heads(first)?,
         SpecSource::File(p) => PermutationSpec::load(p)?,
         SpecSource::Given(s) => s.clone(),
     };
@@ -364,7 +442,7 @@ impl PermFile {
             path: path.to_path_buf(),
             source,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::read_side_file(path)?;
         let f: PermFile = serde_json::from_str(&text).map_err(|e| fail(PermError::Json(e)))?;
         if f.format != PERM_FORMAT {
             return Err(fail(PermError::UnknownFormat(f.format)));

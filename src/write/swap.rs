@@ -117,7 +117,7 @@ struct OldIndex {
 fn stale_weights(target: &Path, new: &BTreeSet<&str>) -> Vec<PathBuf> {
     let mut stale = BTreeSet::new();
     let index = target.join(INDEX_FILE);
-    if let Ok(text) = fs::read_to_string(&index)
+    if let Ok(text) = crate::read_side_file(&index)
         && let Ok(old) = serde_json::from_str::<OldIndex>(&text)
     {
         stale.extend(old.weight_map.into_values().filter(|f| is_weight_name(f)));

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use crate::common::*;
 
 /// The commands a user sees in `polymerge --help`.
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "inspect",
     "avg",
     "spec",
@@ -18,6 +18,7 @@ const COMMANDS: [&str; 10] = [
     "barrier",
     "ema",
     "basin",
+    "recipe",
     "completions",
     "man",
 ];

@@ -180,3 +180,34 @@ fn a_directory_in_the_way_of_a_copied_file_fails_before_anything_is_replaced() {
     assert_eq!(fs::read(soup.join("model.safetensors")).unwrap(), before);
     assert_eq!(listing(&soup), vec!["config.json/", "model.safetensors"]);
 }
+
+#[test]
+fn a_sharded_run_averaged_into_itself_gets_new_shards_under_the_same_names_and_keeps_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = training_run(dir.path());
+    let out = avg(
+        dir.path(),
+        &[
+            "run1",
+            &io("a_bf16.safetensors"),
+            "-o",
+            "run1",
+            "--force",
+            "--max-shard-size",
+            "300",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    let names = listing(&run);
+    let shards: Vec<&String> = names.iter().filter(|n| n.starts_with("model-")).collect();
+    assert!(shards.len() >= 2, "{names:?}");
+    assert!(
+        names.contains(&"optimizer.pt".to_string())
+            && names.contains(&"logs/events.txt".to_string())
+    );
+    assert_same_tensors(
+        &read_model_dir(&run).tensors,
+        &read_file(&fixture("expected/avg_ab_bf16.safetensors")).tensors,
+        "sharded into itself",
+    );
+}

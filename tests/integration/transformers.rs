@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use polymerge::checkpoint::Checkpoint;
-use polymerge::spec::{PermFile, PermutationSpec, infer::infer};
+use polymerge::spec::infer::{infer, infer_shared_heads};
+use polymerge::spec::{PermFile, PermutationSpec};
 
-use crate::common::{fixtures, polymerge};
+use crate::common::{fixtures, polymerge, repo};
 
 const FAMILIES: &[&str] = &[
     "bert",
@@ -26,7 +27,7 @@ fn fixture(family: &str) -> PathBuf {
 }
 
 fn spec_of(family: &str) -> PermutationSpec {
-    infer(&Checkpoint::open(fixture(family).join("a")).expect("open")).expect("infer")
+    infer_shared_heads(&Checkpoint::open(fixture(family).join("a")).expect("open")).expect("infer")
 }
 
 /// (name, size, kind) of every group.
@@ -130,6 +131,50 @@ fn bert_spec_has_residual_heads_qk_and_vo_dims_and_ffn_per_layer() {
     let heads = find(&s, "layers.0.heads");
     assert_eq!(heads.members.len(), 7);
     assert!(heads.members.iter().all(|m| m.block == 8));
+}
+
+#[test]
+fn inferred_within_head_groups_are_per_head_and_listed_before_their_heads() {
+    let cases = [
+        (
+            "gpt2",
+            vec!["qk_dims.0", "qk_dims.1", "qk_dims.2", "qk_dims.3"],
+        ),
+        ("llama", vec!["query_heads.0", "query_heads.1", "vo_dims.0"]),
+    ];
+    for (family, some) in cases {
+        let s = infer(&Checkpoint::open(fixture(family).join("a")).unwrap()).unwrap();
+        let names: Vec<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
+        let heads = names.iter().position(|n| *n == "layers.0.heads").unwrap();
+        for c in some {
+            let at = names.iter().position(|n| *n == format!("layers.0.{c}"));
+            assert!(at.is_some_and(|i| i < heads), "{family}: {c} in {names:?}");
+        }
+        // The shared groups are gone, and no note calls them shared.
+        assert!(!names.contains(&"layers.0.vo_dims"), "{names:?}");
+        assert!(
+            !s.notes.iter().any(|n| n.contains("shared")),
+            "{:?}",
+            s.notes
+        );
+    }
+}
+
+#[test]
+fn a_bert_masked_lm_head_follows_the_residual_stream() {
+    let s = infer(&Checkpoint::open(repo("fixtures/trained/bert/seed0")).unwrap()).unwrap();
+    let res = find(&s, "residual");
+    let on = |t: &str, axis: usize| res.members.iter().any(|m| m.tensor == t && m.axis == axis);
+    let dense = "cls.predictions.transform.dense.weight";
+    assert!(on(dense, 0) && on(dense, 1));
+    assert!(on("cls.predictions.transform.LayerNorm.weight", 0));
+    // The per-vocabulary bias is no member of any group.
+    assert!(
+        !s.groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .any(|m| m.tensor == "cls.predictions.bias")
+    );
 }
 
 #[test]
@@ -303,16 +348,30 @@ fn spec_command_prints_a_json_spec_for_every_family() {
     }
 }
 
+/// `--shared-heads` where the spec is inferred: the fixtures' perm files
+/// name the shared within-head groups.
+fn shared(family: &str) -> &'static [&'static str] {
+    if family == "vit_user_spec" {
+        &[]
+    } else {
+        &["--shared-heads"]
+    }
+}
+
 #[test]
 fn align_recovers_every_permuted_copy_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     for family in FAMILIES {
-        let (out, perms) = align(family, "permuted", &[], dir.path());
+        // Per-head groups (the default) and shared ones both recover it.
+        let (out, _) = align(family, "permuted", &[], dir.path());
         let diff = differing_tensors(&fixture(family).join("a"), &out);
         assert!(
             diff.is_empty(),
             "{family}: {diff:?} differ from the original"
         );
+        let shared_dir = tempfile::tempdir().unwrap();
+        let (out, perms) = align(family, "permuted", shared(family), shared_dir.path());
+        assert!(differing_tensors(&fixture(family).join("a"), &out).is_empty());
         let truth = truth(family);
         assert_eq!(perms, truth, "{family}: permutations");
     }
@@ -322,7 +381,7 @@ fn align_recovers_every_permuted_copy_bit_for_bit() {
 fn align_puts_at_least_99_percent_of_units_back_from_noisy_copies() {
     let dir = tempfile::tempdir().unwrap();
     for family in FAMILIES {
-        let (_, perms) = align(family, "noisy", &[], dir.path());
+        let (_, perms) = align(family, "noisy", shared(family), dir.path());
         let truth = truth(family);
         assert_eq!(perms.len(), truth.len(), "{family}: group count");
         for (name, want) in &truth {
@@ -373,9 +432,19 @@ fn groups_flag_keeps_only_the_selected_kinds() {
     kinds.dedup();
     assert_eq!(kinds, vec!["ffn", "heads", "residual"]);
     assert_eq!(spec.groups.len(), 5);
-    // A single group by name.
+    // A single group by name (per head by default, shared on request).
     let out = polymerge()
-        .args(["spec", "--groups", "layers.1.vo_dims"])
+        .args(["spec", "--groups", "layers.1.vo_dims.1"])
+        .arg(fixture("llama").join("a"))
+        .assert()
+        .success();
+    let spec: PermutationSpec = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(
+        groups(&spec),
+        vec![("layers.1.vo_dims.1".into(), 8, "vo_dims".into())]
+    );
+    let out = polymerge()
+        .args(["spec", "--shared-heads", "--groups", "layers.1.vo_dims"])
         .arg(fixture("llama").join("a"))
         .assert()
         .success();
@@ -432,7 +501,8 @@ fn align_with_a_group_subset_recovers_a_copy_permuted_only_in_those_groups() {
         .assert()
         .success();
     let got = PermFile::load(&saved).unwrap();
-    assert_eq!(got.groups.len(), 6, "only ffn and heads groups are aligned");
+    // Per layer: ffn, heads, query_heads.0 and .1 (per KV head).
+    assert_eq!(got.groups.len(), 8, "only ffn and heads groups are aligned");
     let diff = differing_tensors(&fixture("llama").join("a"), &out);
     assert!(diff.is_empty(), "{diff:?}");
 }

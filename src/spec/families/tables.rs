@@ -72,9 +72,26 @@ pub struct TransformerTable {
     pub lm_head_outside: Option<&'static str>,
     /// A pooler reading the stream (its output is the model's output).
     pub pooler: Option<&'static str>,
+    /// Tensors of a prediction head next to the base model (names relative
+    /// to the prefix around it: `cls.` next to `bert.`), each taken when
+    /// present, with what the residual permutation does to it.
+    pub prediction_head: &'static [(&'static str, HeadTensor)],
     /// The norm after the last layer (or after the embeddings).
     pub final_norm: &'static str,
     pub positions: Positions,
+}
+
+/// What the residual permutation does to a prediction-head tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadTensor {
+    /// A `[d, d]` transform reading and writing the stream basis: both axes.
+    Transform,
+    /// A vector of the stream (bias, norm): axis 0.
+    Vector,
+    /// A decoder reading the stream (`[vocab, d]`): axis 1.
+    Decoder,
+    /// Per vocabulary entry: untouched.
+    Untouched,
 }
 
 /// Where Q, K and V come from.
@@ -119,6 +136,7 @@ pub static LLAMA: TransformerTable = TransformerTable {
     optional_embeddings: &[],
     lm_head_outside: Some("model."),
     pooler: None,
+    prediction_head: &[],
     final_norm: "norm",
     positions: Positions::Rotary,
 };
@@ -137,6 +155,7 @@ pub static GPT2: TransformerTable = TransformerTable {
     optional_embeddings: &[],
     lm_head_outside: Some("transformer."),
     pooler: None,
+    prediction_head: &[],
     final_norm: "ln_f",
     positions: Positions::Absolute,
 };
@@ -162,6 +181,34 @@ pub static BERT: TransformerTable = TransformerTable {
     ],
     lm_head_outside: None,
     pooler: Some("pooler.dense"),
+    // BertForMaskedLM / BertLMHeadModel (`cls.predictions`) and
+    // RobertaForMaskedLM (`lm_head`): the decoder is usually tied to the
+    // word embeddings and not stored.
+    prediction_head: &[
+        (
+            "cls.predictions.transform.dense.weight",
+            HeadTensor::Transform,
+        ),
+        ("cls.predictions.transform.dense.bias", HeadTensor::Vector),
+        (
+            "cls.predictions.transform.LayerNorm.weight",
+            HeadTensor::Vector,
+        ),
+        (
+            "cls.predictions.transform.LayerNorm.bias",
+            HeadTensor::Vector,
+        ),
+        ("cls.predictions.decoder.weight", HeadTensor::Decoder),
+        ("cls.predictions.decoder.bias", HeadTensor::Untouched),
+        ("cls.predictions.bias", HeadTensor::Untouched),
+        ("lm_head.dense.weight", HeadTensor::Transform),
+        ("lm_head.dense.bias", HeadTensor::Vector),
+        ("lm_head.layer_norm.weight", HeadTensor::Vector),
+        ("lm_head.layer_norm.bias", HeadTensor::Vector),
+        ("lm_head.decoder.weight", HeadTensor::Decoder),
+        ("lm_head.decoder.bias", HeadTensor::Untouched),
+        ("lm_head.bias", HeadTensor::Untouched),
+    ],
     final_norm: "embeddings.LayerNorm",
     positions: Positions::FromConfig("position_embedding_type"),
 };

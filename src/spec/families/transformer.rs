@@ -13,16 +13,22 @@
 //! | `qk_dims` | `layers.i.qk_dims` | head_dim | (no RoPE only) one reordering of the dimensions inside every Q and K head |
 //! | `vo_dims` | `layers.i.vo_dims` | head_dim | one reordering of the dimensions inside every V head and the matching columns of O |
 //!
-//! Within-head groups are *shared across heads* (one permutation of
-//! `head_dim` applied in every head): this is a subset of the true symmetry
-//! (each head could reorder its dimensions independently), chosen because
-//! shared groups commute with the head permutation, which the spec format's
-//! composition of same-axis groups requires. The same holds for the query
-//! heads inside a KV group under GQA. With rotary position embeddings (the
+//! The builder writes within-head groups *shared across heads* (one
+//! permutation of `head_dim` applied in every head; under GQA one reordering
+//! of the query heads in every KV group): they nest inside the head blocks.
+//! [`crate::spec::infer::infer`] then splits them into one group per head
+//! ([`crate::spec::per_head`], the full symmetry; `--shared-heads` keeps the
+//! shared form). With rotary position embeddings (the
 //! LLaMA family) Q and K dimensions carry position-dependent rotations
 //! pairing dimension `i` with `i + head_dim/2` at a frequency of its own;
 //! no permutation other than the identity keeps all of them, so no
 //! `qk_dims` group exists there (the spec's notes say so).
+//!
+//! A BERT/RoBERTa prediction head next to the base model
+//! (`cls.predictions.*`, RoBERTa's `lm_head.*`) reads and writes the
+//! residual basis: its transform is on `residual` on both axes, its bias and
+//! norm on axis 0, a stored decoder on axis 1; per-vocabulary biases are
+//! untouched.
 //!
 //! Head counts come from `config.json` (`num_attention_heads`/`n_head`,
 //! `num_key_value_heads`, `head_dim`). Without a config the head groups are
@@ -33,7 +39,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::tables::{Attention, Positions, TransformerTable};
+use super::tables::{Attention, HeadTensor, Positions, TransformerTable};
 use super::{Family, fail, find_layers, member, opt, params_of, shape_of};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -70,8 +76,12 @@ struct Layout {
     /// Tensors whose axis 1 is the residual stream (embeddings, LM head,
     /// pooler input).
     stream_columns: Vec<String>,
-    /// Residual vectors outside the layers (final norm, embedding norm).
+    /// Residual vectors outside the layers (final norm, embedding norm,
+    /// prediction-head biases and norms).
     stream_vectors: Vec<String>,
+    /// Matrices whose axis 0 is the residual stream too (a prediction
+    /// head's transform).
+    stream_rows: Vec<String>,
     layers: Vec<Layer>,
     /// Q/K dimensions must stay in place.
     rope: bool,
@@ -199,6 +209,27 @@ fn layout(
         stream_columns.push(w);
         untouched.extend(opt(names, format!("{base}{pooler}.bias")));
     }
+    // A prediction head next to the base model (`cls.` next to `bert.`).
+    let outer = base
+        .trim_end_matches('.')
+        .rsplit_once('.')
+        .map_or(String::new(), |(p, _)| format!("{p}."));
+    let mut stream_vectors = params_of(names, &format!("{base}{}", table.final_norm), NORM_PARAMS);
+    let mut stream_rows = Vec::new();
+    for (n, role) in table.prediction_head {
+        let Some(t) = opt(names, format!("{outer}{n}")) else {
+            continue;
+        };
+        match role {
+            HeadTensor::Transform => {
+                stream_rows.push(t.clone());
+                stream_columns.push(t);
+            }
+            HeadTensor::Vector => stream_vectors.push(t),
+            HeadTensor::Decoder => stream_columns.push(t),
+            HeadTensor::Untouched => untouched.push(t),
+        }
+    }
     let mut notes = Vec::new();
     let rope = match table.positions {
         Positions::Rotary => true,
@@ -218,7 +249,8 @@ fn layout(
     Ok(Some(Layout {
         rotary: matches!(table.positions, Positions::Rotary),
         stream_columns,
-        stream_vectors: params_of(names, &format!("{base}{}", table.final_norm), NORM_PARAMS),
+        stream_vectors,
+        stream_rows,
         layers,
         rope,
         untouched,
@@ -226,11 +258,24 @@ fn layout(
     }))
 }
 
-fn cfg_usize(config: Option<&Value>, keys: &[&str]) -> Option<usize> {
-    let c = config?;
-    keys.iter()
-        .find_map(|k| c.get(*k).and_then(Value::as_u64))
-        .map(|v| v as usize)
+/// The first of `keys` the config sets (`null` counts as unset); a value
+/// that is not a whole number (`-1`, `"4"`, `4.5`) is an error saying so.
+fn cfg_usize(cx: &Ctx, config: Option<&Value>, keys: &[&str]) -> Result<Option<usize>> {
+    let Some(c) = config else { return Ok(None) };
+    for k in keys {
+        match c.get(*k) {
+            None | Some(Value::Null) => continue,
+            Some(v) => {
+                return match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                    Some(n) => Ok(Some(n)),
+                    None => {
+                        Err(cx.fail(format!("config.json `{k}` is {v}; expected a whole number")))
+                    }
+                };
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The weight and bias members of a projection's output axis.
@@ -302,7 +347,7 @@ fn build(
         return Err(cx.fail(format!("`{embed}` is not a matrix")));
     }
     let d = es[1];
-    if let Some(h) = cfg_usize(config, &["hidden_size", "n_embd", "d_model"])
+    if let Some(h) = cfg_usize(&cx, config, &["hidden_size", "n_embd", "d_model"])?
         && h != d
     {
         return Err(cx.fail(format!(
@@ -326,7 +371,7 @@ fn build(
         layer_groups.extend(attention(&cx, layer, d, heads, layout.rope, &mut stream)?);
         layer_groups.push(ffn(&cx, layer, d, &mut stream)?);
     }
-    for n in &layout.stream_vectors {
+    for n in layout.stream_vectors.iter().chain(&layout.stream_rows) {
         stream.push(AxisMember::plain(n.clone(), 0));
     }
     // Every float tensor must be accounted for: an unknown one might need
@@ -380,14 +425,19 @@ fn heads(
     d: usize,
     notes: &mut Vec<String>,
 ) -> Result<Option<Heads>> {
-    let Some(h) = cfg_usize(config, &["num_attention_heads", "n_head", "num_heads"]) else {
+    let Some(h) = cfg_usize(cx, config, &["num_attention_heads", "n_head", "num_heads"])? else {
         notes.push(
-            "no config.json with num_attention_heads next to the checkpoint: head and within-head groups are left out (pass a model directory, or write them into a spec)".into(),
+            if config.is_some() {
+                "config.json sets no num_attention_heads: head and within-head groups are left out (write them into a spec)"
+            } else {
+                "no config.json with num_attention_heads next to the checkpoint: head and within-head groups are left out (pass a model directory, or write them into a spec)"
+            }
+            .into(),
         );
         return Ok(None);
     };
-    let kv = cfg_usize(config, &["num_key_value_heads", "n_kv_heads"]).unwrap_or(h);
-    let hd = cfg_usize(config, &["head_dim"]).unwrap_or(d.checked_div(h).unwrap_or(0));
+    let kv = cfg_usize(cx, config, &["num_key_value_heads", "n_kv_heads"])?.unwrap_or(h);
+    let hd = cfg_usize(cx, config, &["head_dim"])?.unwrap_or(d.checked_div(h).unwrap_or(0));
     if h == 0 || kv == 0 || hd == 0 || h % kv != 0 {
         return Err(cx.fail(format!(
             "config.json has {h} attention heads, {kv} KV heads and head_dim {hd}"
