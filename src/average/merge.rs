@@ -18,17 +18,63 @@ use crate::write::CheckpointWriter;
 /// on while the writer waits for the disk.
 const QUEUE_DEPTH: usize = 8;
 
-/// Runs a planned merge into `writer`, reporting [`Phase::Merge`] progress
-/// (output bytes) to `observer`. With a `sink`, every chunk of every
-/// averaged tensor is handed to it too, from the same reads.
+/// Runs a planned merge into `writer` and puts the output in place,
+/// reporting [`Phase::Merge`] progress (output bytes) to `observer`. With a
+/// `sink`, every chunk of every averaged tensor is handed to it too, from
+/// the same reads.
 pub fn run(
     inputs: &[MergeInput],
     plan: &Plan,
     opts: &MergeOptions,
     writer: CheckpointWriter,
     observer: &dyn Observer,
-    mut sink: Option<&mut dyn ChunkSink>,
+    sink: Option<&mut dyn ChunkSink>,
 ) -> Result<MergeReport> {
+    stream(inputs, plan, opts, writer, observer, sink)?.finish(observer)
+}
+
+/// A merge whose every byte is written to the temporary output, not yet
+/// put in place: [`Pending::finish`] syncs and renames it, dropping it
+/// removes it (what a caller does when a check over the streamed data —
+/// the basin gate's sums — refuses the result).
+pub struct Pending {
+    writer: CheckpointWriter,
+    tensors: usize,
+    params: u64,
+    start: Instant,
+    nonfinite: Vec<NonFinite>,
+}
+
+impl Pending {
+    /// Completes the output (sync, rename into place) and reports the
+    /// merge; ends [`Phase::Merge`].
+    pub fn finish(self, observer: &dyn Observer) -> Result<MergeReport> {
+        let written = self.writer.finish()?;
+        observer.event(&Event::Finished {
+            phase: Phase::Merge,
+        });
+        Ok(MergeReport {
+            tensors: self.tensors,
+            params: self.params,
+            seconds: self.start.elapsed().as_secs_f64(),
+            written,
+            nonfinite: self.nonfinite,
+            warnings: Vec::new(),
+        })
+    }
+}
+
+/// As [`run`], leaving the output [`Pending`]: every planned tensor
+/// streamed from the inputs into `writer` (and every averaged chunk into
+/// `sink`).
+pub fn stream(
+    inputs: &[MergeInput],
+    plan: &Plan,
+    opts: &MergeOptions,
+    writer: CheckpointWriter,
+    observer: &dyn Observer,
+    mut sink: Option<&mut dyn ChunkSink>,
+) -> Result<Pending> {
     let start = Instant::now();
     let weights32: Vec<f32> = opts.weights.iter().map(|&w| w as f32).collect();
     let sum64: f64 = opts.weights.iter().sum();
@@ -145,16 +191,12 @@ pub fn run(
         let writer = handle.join().expect("writer thread panicked");
         compute.and(writer)
     });
-    let writer = outcome?;
-    let written = writer.finish()?;
-    observer.event(&Event::Finished { phase });
-    Ok(MergeReport {
+    Ok(Pending {
+        writer: outcome?,
         tensors: plan.tensors.len(),
         params,
-        seconds: start.elapsed().as_secs_f64(),
-        written,
+        start,
         nonfinite,
-        warnings: Vec::new(),
     })
 }
 

@@ -32,7 +32,7 @@ use crate::write::{TensorPlan, WriteSummary};
 
 pub use crate::checkpoint::stream::{CHUNK_ELEMS, MergeInput, SUB_ELEMS};
 pub use chunk::average_slices_f32;
-pub use merge::run;
+pub use merge::{Pending, run, stream};
 pub use plan::{plan, validate_weights};
 
 /// Precision of the running sum.

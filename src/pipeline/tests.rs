@@ -65,7 +65,8 @@ fn a_weighted_merge_writes_pytorchs_bytes() {
 }
 
 #[test]
-fn an_aligned_merge_reports_alignment_then_the_gate_then_the_write() {
+fn an_aligned_merge_reports_alignment_then_one_pass_whose_gate_speaks_before_the_output_is_in_place()
+ {
     let (a, b) = (mlp("run_seed0.safetensors"), mlp("run_seed1.safetensors"));
     let dir = tempfile::tempdir().unwrap();
     let log = Log::default();
@@ -80,25 +81,29 @@ fn an_aligned_merge_reports_alignment_then_the_gate_then_the_write() {
             "start Align",
             "end Align",
             "aligned 1",
-            "start Basin",
-            "end Basin",
+            "start Merge",
             "basin (0, 1) connected",
             "basin done 1",
-            "start Merge",
             "end Merge",
         ]
     );
 }
 
 #[test]
-fn a_refusing_gate_stops_before_anything_is_written() {
+fn a_refusing_gate_removes_the_streamed_temporary_so_nothing_is_written() {
     let (a, b) = (mlp("run_seed0.safetensors"), mlp("run_seed1.safetensors"));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.safetensors");
+    let log = Log::default();
     let err = Merge::new([&a, &b])
         .basin_gate(BasinGate::Refuse)
-        .run(&Output::at(&out), &Silent)
+        .run(&Output::at(&out), &log)
         .unwrap_err();
+    // The verdict came from the merge pass's own reads.
+    assert_eq!(
+        log.0.into_inner().unwrap(),
+        ["start Merge", "basin (0, 1) disconnected"]
+    );
     let Error::BasinRefused { pairs } = err else {
         panic!("{err}")
     };
