@@ -22,10 +22,15 @@ use crate::checkpoint::{Checkpoint, dtype};
 use crate::error::{Error, ModelError, Result, TensorError, UsageError};
 use crate::spec::infer::natural_cmp;
 
+/// Most points on an interpolation path (`barrier --steps`).
+pub const MAX_PATH_POINTS: usize = 10_000;
+
 /// A labelled data set.
 pub struct Dataset {
     pub x: Array2<f32>,
     pub y: Vec<usize>,
+    /// The file it was read from (named in errors), if any.
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Dataset {
@@ -36,8 +41,19 @@ impl Dataset {
         if xt.shape.len() != 2 || !dtype::is_float(xt.dtype) {
             return Err(Error::tensor(path, "x", TensorError::NotAMatrix));
         }
+        if xt.shape[0] == 0 {
+            return Err(Error::tensor(path, "x", TensorError::NoRows));
+        }
         let x = Array2::from_shape_vec((xt.shape[0], xt.shape[1]), ckpt.read_f32(xt)?)
             .map_err(|e| Error::tensor(path, "x", TensorError::Shape(e)))?;
+        let bad = x.iter().filter(|v| !v.is_finite()).count() as u64;
+        if bad > 0 {
+            return Err(Error::tensor(
+                path,
+                "x",
+                TensorError::NonFinite { count: bad },
+            ));
+        }
         let yt = ckpt.require("y")?;
         let bytes = ckpt.bytes(yt);
         let y: Vec<i64> = match yt.dtype {
@@ -70,7 +86,11 @@ impl Dataset {
                     .map_err(|_| Error::tensor(path, "y", TensorError::NegativeLabel(v)))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { x, y })
+        Ok(Self {
+            x,
+            y,
+            path: Some(path.to_path_buf()),
+        })
     }
 }
 
@@ -121,6 +141,17 @@ impl MlpLayout {
                 .strip_suffix("weight")
                 .map(|p| format!("{p}bias"))
                 .filter(|b| names.contains(b));
+            if let Some(b) = &bias {
+                let bs = src.shape(b)?;
+                if bs != [shape[0]] {
+                    return Err(ModelError::Bias {
+                        tensor: b.clone(),
+                        shape: bs,
+                        outputs: shape[0],
+                    }
+                    .into());
+                }
+            }
             layers.push((w, bias));
         }
         let used: usize = layers
@@ -269,20 +300,31 @@ pub fn barrier(
     data: &Dataset,
     steps: usize,
 ) -> Result<Barrier> {
-    if steps < 2 {
+    if !(2..=MAX_PATH_POINTS).contains(&steps) {
         return Err(UsageError::PathPoints(steps).into());
     }
     let layout = MlpLayout::infer(a)?;
+    // Errors that come from the data (feature count, labels) name its file.
+    let on_data = |e: Error| match (&data.path, e) {
+        (Some(p), Error::Model(m @ (ModelError::Features { .. } | ModelError::Label { .. }))) => {
+            Error::Data {
+                path: p.clone(),
+                source: m,
+            }
+        }
+        (_, e) => e,
+    };
     let mut path = Vec::with_capacity(steps);
     for i in 0..steps {
         let alpha = i as f64 / (steps - 1) as f64;
         let e = if i == 0 {
-            evaluate(a, &layout, data)?
+            evaluate(a, &layout, data)
         } else if i + 1 == steps {
-            evaluate(b, &layout, data)?
+            evaluate(b, &layout, data)
         } else {
-            evaluate(&interpolate(a, b, alpha as f32)?, &layout, data)?
-        };
+            evaluate(&interpolate(a, b, alpha as f32)?, &layout, data)
+        }
+        .map_err(on_data)?;
         path.push(PathPoint {
             alpha,
             loss: e.loss,

@@ -55,7 +55,7 @@
 //! | the stages together | [`pipeline`], reporting to [`observe`] |
 //!
 //! [`evaluate`] measures loss barriers of MLPs on data; [`stats`]
-//! summarises tensors. Errors are [`Error`], with typed causes
+//! summarises tensors; [`plot`] draws results as SVG. Errors are [`Error`], with typed causes
 //! ([`error`]). All `unsafe` code (memory maps, OS hints, the SIMD
 //! dispatch) sits in one private module; the rest of the crate denies it.
 
@@ -73,6 +73,8 @@ pub mod kernels;
 pub mod observe;
 pub mod permute;
 pub mod pipeline;
+pub mod plot;
+pub mod recipe;
 pub mod similarity;
 pub mod spec;
 pub mod stats;
@@ -84,6 +86,16 @@ pub mod write;
 mod sys;
 
 pub use error::{Error, Result};
+pub use sys::read::{SIDE_FILE_LIMIT, read_side_file};
+
+/// Makes signals safe for a process that writes outputs: `SIGBUS` from an
+/// input that shrinks while mapped removes the temporaries and exits with
+/// one line (`input changed while reading`), and `SIGXFSZ` (`ulimit -f`) is
+/// ignored so that the write fails with an error instead. The binary calls
+/// this once at start.
+pub fn install_signal_handlers() {
+    sys::signals::install();
+}
 
 /// Version string written into merge metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

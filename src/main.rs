@@ -6,6 +6,9 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // SIGBUS from an input truncated while mapped: one line, temporaries
+    // removed; SIGXFSZ ignored so a file-size limit fails the write instead.
+    polymerge::install_signal_handlers();
     // Ctrl-C, SIGTERM, SIGHUP: remove half-written temporaries before
     // exiting, so an interrupted merge never leaves a partial file behind.
     let _ = ctrlc::set_handler(|| {

@@ -34,6 +34,18 @@ pub enum Event<'a> {
     Progress { phase: Phase, done: u64 },
     /// `phase` is over.
     Finished { phase: Phase },
+    /// Weight matching starts visiting group `group` of `units` units, the
+    /// `position`-th (1-based) of the `groups` groups in sweep `sweep`'s
+    /// order (groups whose neighbours did not change are skipped without
+    /// an event). The visit, similarity and assignment, is the long part;
+    /// [`Event::GroupVisited`] follows when it is done.
+    GroupStarted {
+        sweep: usize,
+        position: usize,
+        groups: usize,
+        group: &'a str,
+        units: usize,
+    },
     /// Weight matching visited (solved) one group in sweep `sweep`: its
     /// score `⟨S, P⟩` before and after the visit.
     GroupVisited {

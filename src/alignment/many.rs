@@ -7,7 +7,7 @@ use super::{
     AlignOptions, Mean, Permuted, SplitMix64, WeightSource, model_permutation, weight_matching,
 };
 use crate::error::Result;
-use crate::observe::{Event, Observer, Phase, Silent};
+use crate::observe::{Event, Observer, Phase};
 use crate::permute::{GroupPerms, ModelPermutation};
 use crate::spec::PermutationSpec;
 
@@ -24,7 +24,8 @@ pub struct ManyAlignment {
 /// (each seen through its current permutation) until a full round changes
 /// no permutation or `max_iter` rounds have run. Reported as the phase
 /// [`Phase::MergeMany`], each match as [`Event::MergeManyStep`], and the
-/// outcome as [`Event::MergeManyDone`].
+/// outcome as [`Event::MergeManyDone`]; the group visits of each match are
+/// passed on ([`Event::GroupStarted`], [`Event::GroupVisited`]).
 pub fn merge_many(
     spec: &PermutationSpec,
     models: &[&dyn WeightSource],
@@ -65,7 +66,7 @@ pub fn merge_many(
                 max_iter: opts.max_iter,
                 init: Some(perms[i].clone()),
             };
-            let r = weight_matching(spec, &target, models[i], &sub, &Silent)?;
+            let r = weight_matching(spec, &target, models[i], &sub, &GroupsOnly(observer))?;
             if r.perms != perms[i] {
                 changed = true;
                 perms[i] = r.perms;
@@ -90,4 +91,16 @@ pub fn merge_many(
         rounds,
         seconds,
     })
+}
+
+/// Passes on only the group visits of an inner weight matching (its
+/// start and end would read as the end of MergeMany).
+struct GroupsOnly<'a>(&'a dyn Observer);
+
+impl Observer for GroupsOnly<'_> {
+    fn event(&self, e: &Event<'_>) {
+        if matches!(e, Event::GroupStarted { .. } | Event::GroupVisited { .. }) {
+            self.0.event(e);
+        }
+    }
 }

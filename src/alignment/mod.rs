@@ -13,8 +13,9 @@
 //! since `g`'s last visit: its matrix and warm start would be the same, so
 //! the solve would repeat its last answer (this changes no result, only
 //! saves the work, which matters most in the final, confirming sweep).
-//! The objective reported is `Σ_t ⟨A_t, π(B)_t⟩` over all float tensors, in
-//! f64.
+//! The objective reported is `Σ_t ⟨A_t, π(B)_t⟩` over all float tensors
+//! except the spec's buffers (BatchNorm running statistics, see
+//! [`crate::spec::AxisMember::buffer`]: permuted, never matched on), in f64.
 //!
 //! The module follows the data flow of one descent: [`source`] (what is
 //! read), [`step`] (one group visit: similarity and assignment, pluggable
@@ -82,7 +83,8 @@ pub fn model_permutation(
 }
 
 /// Weight matching of `b` onto `a`, reported to `observer` as the phase
-/// [`Phase::Align`] with every group visit ([`Event::GroupVisited`]).
+/// [`Phase::Align`] with every group visit ([`Event::GroupStarted`] before
+/// it, [`Event::GroupVisited`] after it).
 ///
 /// When the spec has per-head groups (kinds `qk_dims`, `vo_dims`, `heads`
 /// named `stem.k` with siblings `stem.0`, `stem.1`, … of one size) and no
@@ -149,10 +151,17 @@ pub fn descend(
         log.begin_sweep();
         rng.shuffle(&mut order);
         let mut improved = false;
-        for &g in &order {
+        for (k, &g) in order.iter().enumerate() {
             if log.unchanged_since_last_visit(g) {
                 continue;
             }
+            observer.event(&Event::GroupStarted {
+                sweep: log.sweeps(),
+                position: k + 1,
+                groups: order.len(),
+                group: &spec.groups[g].name,
+                units: spec.groups[g].size,
+            });
             let visit = step.visit(spec, g, a, b, &perms)?;
             let old = visit.current;
             let accept = visit.best.score > old + IMPROVEMENT_EPS * old.abs().max(1.0);
@@ -185,7 +194,8 @@ fn initial_perms(spec: &PermutationSpec, opts: &AlignOptions) -> Result<GroupPer
     Ok(perms)
 }
 
-/// The objective `Σ_t ⟨A_t, π(B)_t⟩` with B seen through `perms`.
+/// The objective `Σ_t ⟨A_t, π(B)_t⟩` with B seen through `perms`, buffers
+/// left out.
 fn objective_under(
     spec: &PermutationSpec,
     a: &dyn WeightSource,
@@ -197,7 +207,11 @@ fn objective_under(
         source: b,
         perm: &perm,
     };
-    objective(a, &view, &a.float_names())
+    let buffers = spec.buffer_tensors();
+    let names: Vec<String> = (a.float_names().into_iter())
+        .filter(|n| !buffers.contains(n.as_str()))
+        .collect();
+    objective(a, &view, &names)
 }
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a tiny seeded generator, enough

@@ -96,7 +96,8 @@ pub fn group_similarity(
 }
 
 /// The `n × n` similarity matrix of group `g` between `a` and `b` (b with the
-/// other groups' permutations already applied).
+/// other groups' permutations already applied). Buffer members
+/// ([`crate::spec::AxisMember::buffer`]) do not contribute.
 pub fn similarity_matrix(
     spec: &PermutationSpec,
     g: usize,
@@ -106,7 +107,7 @@ pub fn similarity_matrix(
     let group = &spec.groups[g];
     let n = group.size;
     let mut s = vec![0.0f64; n * n];
-    for m in &group.members {
+    for m in group.members.iter().filter(|m| !m.buffer) {
         let shape = a.shape(&m.tensor)?;
         let numel: usize = shape.iter().product();
         if m.axis == 0 || numel <= ROWS_CHUNK_ELEMS || shape[0] < 2 {
@@ -197,7 +198,7 @@ fn relabelled_similarity(
     let group = &spec.groups[g];
     let n = group.size;
     let mut s = vec![0.0f64; n * n];
-    for (m, map) in group.members.iter().zip(after) {
+    for (m, map) in group.members.iter().zip(after).filter(|(m, _)| !m.buffer) {
         let shape = a.shape(&m.tensor)?;
         let x = a.read(&m.tensor)?;
         let y = b.read(&m.tensor)?;

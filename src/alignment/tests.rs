@@ -128,8 +128,12 @@ fn permuted_rows_are_the_rows_of_the_permuted_tensor() {
 /// be streamed in row chunks (its axis 1 is group h1, like the residual
 /// stream's embedding), and B = A with both hidden layers permuted.
 fn mlp_pair() -> (PermutationSpec, Mem, Mem, GroupPerms) {
+    mlp_pair_with_rows(ROWS_CHUNK_ELEMS / 6 + 40)
+}
+
+/// [`mlp_pair`] with `rows` rows in `e` (few: quick in debug builds).
+fn mlp_pair_with_rows(rows: usize) -> (PermutationSpec, Mem, Mem, GroupPerms) {
     let (h1, h2) = (6usize, 5usize);
-    let rows = ROWS_CHUNK_ELEMS / h1 + 40;
     let spec = PermutationSpec::new(
         None,
         vec![
@@ -207,4 +211,138 @@ fn visits_whose_neighbours_did_not_change_are_skipped_and_the_answer_is_exact() 
     assert_eq!(r.sweep_seconds.len(), r.sweeps);
     let objective_a = objective(&a, &a, &a.float_names()).unwrap();
     assert!((r.objective_after - objective_a).abs() <= 1e-6 * objective_a);
+}
+
+/// Records the alignment events of a run as short strings.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl crate::observe::Observer for Recorder {
+    fn event(&self, e: &Event<'_>) {
+        let s = match *e {
+            Event::Started { phase, .. } => format!("start {phase:?}"),
+            Event::Finished { phase } => format!("end {phase:?}"),
+            Event::GroupStarted {
+                sweep,
+                position,
+                groups,
+                group,
+                units,
+            } => format!("group s{sweep} {position}/{groups} {group} {units}"),
+            Event::GroupVisited { sweep, group, .. } => format!("visited s{sweep} {group}"),
+            Event::MergeManyStep { round, model, .. } => format!("step r{round} m{model}"),
+            Event::MergeManyDone { rounds, .. } => format!("done {rounds}"),
+            _ => return,
+        };
+        self.0.lock().unwrap().push(s);
+    }
+}
+
+#[test]
+fn every_group_visit_is_announced_with_its_sweep_position_and_units_then_reported() {
+    let (spec, a, b, _) = mlp_pair_with_rows(12);
+    let rec = Recorder::default();
+    let r = weight_matching(&spec, &a, &b, &AlignOptions::default(), &rec).unwrap();
+    let ev = rec.0.into_inner().unwrap();
+    assert_eq!(ev.first().map(String::as_str), Some("start Align"));
+    assert_eq!(ev.last().map(String::as_str), Some("end Align"));
+    let inner = &ev[1..ev.len() - 1];
+    assert_eq!(inner.len() % 2, 0, "{ev:?}");
+    let visits: usize = r.groups.iter().map(|g| g.visits).sum();
+    assert_eq!(
+        inner.len() / 2,
+        visits,
+        "one announcement per visit: {ev:?}"
+    );
+    let mut last = (0usize, 0usize);
+    for pair in inner.chunks(2) {
+        // "group s1 2/2 h2 5" then "visited s1 h2".
+        let w: Vec<&str> = pair[0].split(' ').collect();
+        assert_eq!(w[0], "group", "{pair:?}");
+        let sweep: usize = w[1][1..].parse().unwrap();
+        let (pos, of) = w[2].split_once('/').unwrap();
+        let pos: usize = pos.parse().unwrap();
+        assert_eq!(of, "2");
+        let units = if w[3] == "h1" { "6" } else { "5" };
+        assert_eq!(w[4], units, "{pair:?}");
+        assert_eq!(pair[1], format!("visited s{sweep} {}", w[3]));
+        assert!(
+            (sweep, pos) > last && (1..=r.sweeps).contains(&sweep),
+            "{ev:?}"
+        );
+        last = (sweep, pos);
+    }
+    // Skipped visits (the confirming sweep skips one) are not announced.
+    assert!(visits < r.sweeps * 2, "{:?}", r.groups);
+}
+
+#[test]
+fn merge_many_passes_on_the_group_visits_of_each_match_but_not_their_start_and_end() {
+    let (spec, a, b, _) = mlp_pair_with_rows(12);
+    let rec = Recorder::default();
+    let opts = AlignOptions::default();
+    let r = many::merge_many(&spec, &[&a, &b, &b], &opts, &rec).unwrap();
+    let ev = rec.0.into_inner().unwrap();
+    assert_eq!(ev[0], "start MergeMany");
+    assert_eq!(ev[ev.len() - 2], "end MergeMany");
+    assert_eq!(ev[ev.len() - 1], format!("done {}", r.rounds));
+    let inner = &ev[1..ev.len() - 2];
+    assert!(!inner.iter().any(|e| e.contains("Align")), "{ev:?}");
+    let steps = inner.iter().filter(|e| e.starts_with("step")).count();
+    assert!(steps >= 3, "every model matched at least once: {ev:?}");
+    let groups = inner.iter().filter(|e| e.starts_with("group")).count();
+    let visited = inner.iter().filter(|e| e.starts_with("visited")).count();
+    assert!(groups >= steps && groups == visited, "{ev:?}");
+}
+
+/// One group of 2 units: a weight `w` [2, 2] and a buffer `rv` [2]. B's
+/// weights are A's with the units swapped, while its buffer, large and alike
+/// across runs (like BatchNorm running variances), sits in A's order: matched
+/// on the buffer too, the identity wins; as a buffer it is permuted with the
+/// group but ignored by the matching.
+#[test]
+fn buffers_are_permuted_but_never_matched_on() {
+    let mem = |w: [f32; 4], rv: [f32; 2]| {
+        Mem(HashMap::from([
+            ("w".to_string(), (vec![2, 2], w.to_vec())),
+            ("rv".to_string(), (vec![2], rv.to_vec())),
+        ]))
+    };
+    let a = mem([1.0, 2.0, 3.0, 4.0], [100.0, 1.0]);
+    let b = mem([3.0, 4.0, 1.0, 2.0], [100.0, 1.0]);
+    let spec_with = |buffer: bool| {
+        PermutationSpec::new(
+            None,
+            vec![group(
+                "g",
+                2,
+                "channels",
+                vec![
+                    AxisMember::plain("w", 0),
+                    AxisMember {
+                        buffer,
+                        ..AxisMember::plain("rv", 0)
+                    },
+                ],
+            )],
+        )
+    };
+    let opts = AlignOptions::default();
+    // As a weight: identity scores 1·3+2·4+3·1+4·2 + 100·100+1 = 10023,
+    // the swap 1+4+9+16 + 100+100 = 230: the buffer keeps the wrong order.
+    let r = weight_matching(&spec_with(false), &a, &b, &opts, &()).unwrap();
+    assert_eq!(r.perms[0], vec![0, 1]);
+    assert_eq!(r.objective_after, 10023.0);
+    // As a buffer: only `w` counts (22 -> 30), and the swap is found.
+    let spec = spec_with(true);
+    assert_eq!(
+        spec.buffer_tensors().into_iter().collect::<Vec<_>>(),
+        vec!["rv"]
+    );
+    let r = weight_matching(&spec, &a, &b, &opts, &()).unwrap();
+    assert_eq!(r.perms[0], vec![1, 0]);
+    assert_eq!((r.objective_before, r.objective_after), (22.0, 30.0));
+    // The buffer still moves with its group.
+    let perm = model_permutation(&spec, &b, &r.perms, None).unwrap();
+    assert_eq!(perm.tensors["rv"].axes[0], Some(vec![1, 0]));
 }

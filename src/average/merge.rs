@@ -6,7 +6,8 @@ use std::sync::mpsc::{channel, sync_channel};
 use std::time::Instant;
 
 use super::chunk::{average_chunk_f32, average_chunk_f64};
-use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Plan};
+use super::linear::{LinearWeights, linear_chunk};
+use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Numerics, Plan};
 use crate::checkpoint::dtype;
 use crate::checkpoint::stream::{ChunkSink, Chunks, TensorSource};
 use crate::error::{Error, MismatchError, Result, TensorError};
@@ -43,23 +44,65 @@ pub struct Pending {
     params: u64,
     start: Instant,
     nonfinite: Vec<NonFinite>,
+    counters: Vec<String>,
+    counter_from: Option<(usize, std::path::PathBuf)>,
+    running_stats: usize,
 }
 
 impl Pending {
     /// Completes the output (sync, rename into place) and reports the
     /// merge; ends [`Phase::Merge`].
     pub fn finish(self, observer: &dyn Observer) -> Result<MergeReport> {
-        let written = self.writer.finish()?;
+        let Pending {
+            writer,
+            tensors,
+            params,
+            start,
+            nonfinite,
+            counters,
+            counter_from,
+            running_stats,
+        } = self;
+        let mut notes = Vec::new();
+        let written = writer.finish()?;
         observer.event(&Event::Finished {
             phase: Phase::Merge,
         });
+        for note in &written.notes {
+            observer.event(&Event::Warning(note));
+        }
+        if let Some((from, path)) = counter_from {
+            let which = if from == 0 {
+                "the first input"
+            } else {
+                "the latest checkpoint (last input)"
+            };
+            let shown: Vec<&str> = counters.iter().take(3).map(String::as_str).collect();
+            notes.push(format!(
+                "{} integer counter(s) differ between the inputs ({}{}): kept {which}'s values (`{}`); step counters are taken, not averaged",
+                counters.len(),
+                shown.join(", "),
+                if counters.len() > shown.len() { ", …" } else { "" },
+                path.display()
+            ));
+        }
+        if running_stats > 0 {
+            notes.push(format!(
+                "{running_stats} BatchNorm running statistics tensor(s) (running_mean/running_var) are averages of the inputs' statistics, not the statistics of the merged weights: re-estimate them on training data before use (e.g. torch.optim.swa_utils.update_bn)"
+            ));
+        }
         Ok(MergeReport {
-            tensors: self.tensors,
-            params: self.params,
-            seconds: self.start.elapsed().as_secs_f64(),
+            tensors,
+            params,
+            seconds: start.elapsed().as_secs_f64(),
             written,
-            nonfinite: self.nonfinite,
+            nonfinite,
             warnings: Vec::new(),
+            notes,
+            averaged_running_stats: running_stats,
+            alignments: Vec::new(),
+            basin: Vec::new(),
+            aligned: false,
         })
     }
 }
@@ -78,7 +121,14 @@ pub fn stream(
     let start = Instant::now();
     let weights32: Vec<f32> = opts.weights.iter().map(|&w| w as f32).collect();
     let sum64: f64 = opts.weights.iter().sum();
+    let linear = match opts.numerics {
+        Numerics::MergekitLinear { normalize, .. } => LinearWeights::new(&opts.weights, normalize),
+        Numerics::Mean => LinearWeights::new(&opts.weights, false),
+    };
     let mut nonfinite = Vec::new();
+    let mut counters: Vec<String> = Vec::new();
+    let mut counter_from = None;
+    let mut running_stats = 0usize;
     let mut params = 0u64;
     let phase = Phase::Merge;
     observer.event(&Event::Started {
@@ -112,13 +162,28 @@ pub fn stream(
                 } else {
                     (pt.plan.nbytes(), 1)
                 };
-                let averaged = matches!(pt.action, Action::AverageF32 | Action::AverageF64);
+                let averaged = matches!(
+                    pt.action,
+                    Action::AverageF32 | Action::AverageF64 | Action::Linear { .. }
+                );
                 let mut counts = vec![0u64; sources.len()];
                 if matches!(pt.action, Action::CopyExact) {
                     check_identical(&sources)?;
                 }
-                if averaged {
+                if let Action::Counter(from) = pt.action
+                    && let Some(words) = counter_differs(&sources, from)
+                {
+                    counters.push(words);
+                    counter_from = Some((from, sources[from].checkpoint().source().to_path_buf()));
+                }
+                // Float parameters written, averaged or (one input,
+                // `permute`) copied.
+                if averaged || dtype::is_float(pt.plan.dtype) {
                     params += numel as u64;
+                }
+                if averaged {
+                    running_stats +=
+                        usize::from(sources.len() > 1 && super::is_running_stat(&pt.plan.name));
                     if let Some(s) = sink.as_deref_mut() {
                         s.begin(&pt.plan.name, &pt.plan.shape);
                     }
@@ -134,10 +199,23 @@ pub fn stream(
                             buf.copy_from_slice(sources[0].fetch(range.clone(), &mut scratch));
                             None
                         }
+                        Action::Counter(from) => {
+                            let mut scratch = Vec::new();
+                            buf.copy_from_slice(sources[from].fetch(range.clone(), &mut scratch));
+                            None
+                        }
                         Action::AverageF32 => Some(average_chunk_f32(
                             sources.as_slice(),
                             &weights32,
                             sum64 as f32,
+                            pt.plan.dtype,
+                            range.clone(),
+                            &mut buf,
+                        )),
+                        Action::Linear { compute } => Some(linear_chunk(
+                            sources.as_slice(),
+                            &linear,
+                            compute,
                             pt.plan.dtype,
                             range.clone(),
                             &mut buf,
@@ -197,7 +275,35 @@ pub fn stream(
         params,
         start,
         nonfinite,
+        counters,
+        counter_from,
+        running_stats,
     })
+}
+
+/// `` `name` = value`` for a step counter whose inputs differ (the value
+/// kept, from input `from`); `None` when every input holds the same value.
+fn counter_differs(sources: &[TensorSource], from: usize) -> Option<String> {
+    let numel = sources[0].info().numel();
+    let (mut s0, mut s1) = (Vec::new(), Vec::new());
+    let kept = sources[from].fetch(0..numel, &mut s0).to_vec();
+    let differs = sources
+        .iter()
+        .any(|s| s.fetch(0..numel, &mut s1) != kept.as_slice());
+    let src = &sources[from];
+    differs.then(|| format!("`{}`{}", src.info().name, scalar_words(&kept, src.dtype())))
+}
+
+/// ` = 1234` for a little-endian integer scalar, else nothing.
+fn scalar_words(bytes: &[u8], dtype: safetensors::Dtype) -> String {
+    use safetensors::Dtype as D;
+    let v = match (dtype, bytes.len()) {
+        (D::I64, 8) => i64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+        (D::I32, 4) => i32::from_le_bytes(bytes.try_into().expect("4 bytes")).into(),
+        (D::U8, 1) => bytes[0].into(),
+        _ => return String::new(),
+    };
+    format!(" = {v}")
 }
 
 /// Checks that every input holds the same bytes as the first (integer and

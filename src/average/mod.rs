@@ -7,9 +7,20 @@
 //! division by `f32(Σw)` (Σw summed in f64, as Python sums floats), then round
 //! to nearest even. F64 tensors (or `Accumulation::F64`) use the same formula
 //! in f64. Integer and bool tensors must be identical across inputs and are
-//! copied; other dtypes (F8 …) are copied from the first input with a warning.
+//! copied, except step counters (`num_batches_tracked`, [`is_counter`]),
+//! taken from one input by a [`CounterRule`] with a note when they differ;
+//! other dtypes (F8 …) are copied from the first input with a warning.
+//! BatchNorm running statistics are averaged like weights, and the report
+//! says so ([`MergeReport::notes`]): they are to be re-estimated on data.
 //! One input whose dtype is kept is copied byte for byte (that is how `align`
 //! and `permute` write B).
+//!
+//! # mergekit linear
+//!
+//! [`Numerics::MergekitLinear`] computes what mergekit's `linear` method
+//! does instead (fused multiply-adds in f32, the compute dtype's rounding,
+//! optional normalisation), bit for bit; the formula is documented in
+//! `linear.rs` ([`LinearWeights`], [`torch_sum_f32`]).
 //!
 //! Work is split into chunks of [`CHUNK_ELEMS`] output elements: each chunk is
 //! computed by the rayon pool in sub-blocks of [`SUB_ELEMS`] while a writer
@@ -19,6 +30,7 @@
 //! size.
 
 mod chunk;
+mod linear;
 mod merge;
 mod plan;
 
@@ -32,6 +44,7 @@ use crate::write::{TensorPlan, WriteSummary};
 
 pub use crate::checkpoint::stream::{CHUNK_ELEMS, MergeInput, SUB_ELEMS};
 pub use chunk::average_slices_f32;
+pub use linear::{LinearWeights, torch_sum_f32, torch_sum_f64};
 pub use merge::{Pending, run, stream};
 pub use plan::{plan, validate_weights};
 
@@ -45,6 +58,23 @@ pub enum Accumulation {
     F64,
 }
 
+/// Which formula computes a weighted average.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Numerics {
+    /// PyTorch's `(sum(w * t.float() for ...) / sum(w)).to(dtype)` (the
+    /// default; see the module documentation).
+    #[default]
+    Mean,
+    /// mergekit's `merge_method: linear` (see [`linear`](self#mergekit-linear)):
+    /// computed in `compute` (default: the inputs' promoted dtype), divided
+    /// by the weights' sum only with `normalize`; the output dtype is
+    /// [`MergeOptions::dtype`] (mergekit's `out_dtype`), else the compute dtype.
+    MergekitLinear {
+        compute: Option<Dtype>,
+        normalize: bool,
+    },
+}
+
 /// How to merge.
 #[derive(Clone, Debug)]
 pub struct MergeOptions {
@@ -55,6 +85,33 @@ pub struct MergeOptions {
     pub accumulation: Accumulation,
     /// Fail on NaN/Inf in inputs instead of warning.
     pub strict_nonfinite: bool,
+    /// The formula (PyTorch's mean by default).
+    pub numerics: Numerics,
+    /// Which input's step counters (`num_batches_tracked`) the output keeps.
+    pub counters: CounterRule,
+}
+
+/// Which input an integer step counter (`num_batches_tracked`) is taken
+/// from: such counters grow along a run, so they differ between checkpoints
+/// that are otherwise fine to average, and no average of them means anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CounterRule {
+    /// The first input (`avg`).
+    #[default]
+    First,
+    /// The last input (`ema`: the latest checkpoint of the trajectory).
+    Last,
+}
+
+/// Whether `tensor` is an integer step counter taken by a [`CounterRule`]
+/// rather than required identical (`….num_batches_tracked` of BatchNorm).
+pub fn is_counter(tensor: &str) -> bool {
+    tensor.rsplit('.').next() == Some("num_batches_tracked")
+}
+
+/// Whether `tensor` holds BatchNorm running statistics.
+pub fn is_running_stat(tensor: &str) -> bool {
+    crate::spec::infer::is_running_stat(tensor)
 }
 
 impl MergeOptions {
@@ -65,6 +122,8 @@ impl MergeOptions {
             dtype: None,
             accumulation: Accumulation::Auto,
             strict_nonfinite: false,
+            numerics: Numerics::Mean,
+            counters: CounterRule::First,
         }
     }
 }
@@ -80,6 +139,10 @@ pub enum Action {
     CopyExact,
     /// Copied from the first input unchecked (one input, or an opaque dtype).
     Copy,
+    /// mergekit's linear merge, computed in `compute`.
+    Linear { compute: Dtype },
+    /// An integer step counter copied from input `n` ([`CounterRule`]).
+    Counter(usize),
 }
 
 /// One planned output tensor and how it is produced.
@@ -123,11 +186,27 @@ pub struct NonFinite {
 pub struct MergeReport {
     pub written: WriteSummary,
     pub tensors: usize,
-    /// Elements of the averaged float tensors.
+    /// Elements of the float tensors written (averaged, or copied from a
+    /// single input as by `permute`).
     pub params: u64,
     pub seconds: f64,
     pub nonfinite: Vec<NonFinite>,
     pub warnings: Vec<String>,
+    /// What a user should know about the output: step counters that
+    /// differed between the inputs (and which one was kept), BatchNorm
+    /// running statistics that are averages to re-estimate.
+    pub notes: Vec<String>,
+    /// BatchNorm running statistics (`running_mean`/`running_var`) that
+    /// were averaged over more than one input.
+    pub averaged_running_stats: usize,
+    /// The weight matching of each aligned input onto the first (input
+    /// index, 0-based), when the pipeline aligned them pairwise.
+    pub alignments: Vec<(usize, crate::alignment::Alignment)>,
+    /// The basin gate's verdict on each checked pair of inputs (0-based,
+    /// after alignment when the run aligned).
+    pub basin: Vec<((usize, usize), crate::basin::Assessment)>,
+    /// Whether the inputs were aligned before the basin gate and the merge.
+    pub aligned: bool,
 }
 
 /// The `__metadata__` of a merge output: the first input's, plus

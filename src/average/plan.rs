@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use safetensors::Dtype;
 
-use super::{Accumulation, Action, MergeInput, MergeOptions, Plan, PlannedTensor};
+use super::{Accumulation, Action, MergeInput, MergeOptions, Numerics, Plan, PlannedTensor};
 use crate::checkpoint::dtype::{self, Kind};
 use crate::error::{MismatchError, Result, UsageError, WeightsError};
 use crate::write::TensorPlan;
@@ -14,12 +14,19 @@ use crate::write::TensorPlan;
 /// the first input's storage order.
 pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
     let first = inputs.first().ok_or(UsageError::NoInputs)?.checkpoint;
-    validate_weights(&opts.weights, inputs.len())?;
+    match opts.numerics {
+        // mergekit's unnormalised sums (task arithmetic) may have Σw = 0.
+        Numerics::MergekitLinear {
+            normalize: false, ..
+        } => validate_weight_values(&opts.weights, inputs.len())?,
+        _ => validate_weights(&opts.weights, inputs.len())?,
+    }
     check_same_names(inputs)?;
     let mut warnings = Vec::new();
     let mut planned = Vec::with_capacity(first.tensors().len());
     for t in first.tensors() {
         let kind0 = dtype::kind(t.dtype);
+        let mut promoted = t.dtype;
         for inp in &inputs[1..] {
             let c = inp.checkpoint;
             let u = c.require(&t.name)?;
@@ -46,8 +53,15 @@ pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
                 }
                 .into());
             }
+            promoted = promote(promoted, u.dtype);
         }
         let (out_dtype, action) = match kind0 {
+            Kind::Float | Kind::Double
+                if let Numerics::MergekitLinear { compute, .. } = opts.numerics =>
+            {
+                let compute = compute.unwrap_or(promoted);
+                (opts.dtype.unwrap_or(compute), Action::Linear { compute })
+            }
             Kind::Float | Kind::Double => {
                 let out = opts.dtype.unwrap_or(t.dtype);
                 let f64_acc = opts.accumulation == Accumulation::F64 || out == Dtype::F64;
@@ -60,6 +74,13 @@ pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
                     Action::AverageF32
                 };
                 (out, action)
+            }
+            Kind::Exact if inputs.len() > 1 && super::is_counter(&t.name) => {
+                let from = match opts.counters {
+                    super::CounterRule::First => 0,
+                    super::CounterRule::Last => inputs.len() - 1,
+                };
+                (t.dtype, Action::Counter(from))
             }
             Kind::Exact if inputs.len() > 1 => (t.dtype, Action::CopyExact),
             Kind::Exact => (t.dtype, Action::Copy),
@@ -90,8 +111,32 @@ pub fn plan(inputs: &[MergeInput], opts: &MergeOptions) -> Result<Plan> {
     })
 }
 
+/// `torch.promote_types` of two float dtypes: the wider one, and F32 for
+/// F16 with BF16.
+fn promote(a: Dtype, b: Dtype) -> Dtype {
+    match (a, b) {
+        _ if a == b => a,
+        (Dtype::F64, _) | (_, Dtype::F64) => Dtype::F64,
+        _ => Dtype::F32,
+    }
+}
+
 /// Checks that weights are as many as inputs, finite, and do not sum to zero.
 pub fn validate_weights(weights: &[f64], inputs: usize) -> Result<()> {
+    validate_weight_values(weights, inputs)?;
+    let sum: f64 = weights.iter().sum();
+    // The division is by f32(Σw).
+    if !sum.is_finite() || !(sum as f32).is_finite() {
+        return Err(WeightsError::SumRange.into());
+    }
+    if sum == 0.0 || (sum as f32) == 0.0 {
+        return Err(WeightsError::SumZero.into());
+    }
+    Ok(())
+}
+
+/// Checks that weights are as many as inputs and finite.
+fn validate_weight_values(weights: &[f64], inputs: usize) -> Result<()> {
     if weights.len() != inputs {
         return Err(WeightsError::Count {
             weights: weights.len(),
@@ -106,9 +151,22 @@ pub fn validate_weights(weights: &[f64], inputs: usize) -> Result<()> {
         }
         .into());
     }
-    let sum: f64 = weights.iter().sum();
-    if sum == 0.0 || (sum as f32) == 0.0 {
-        return Err(WeightsError::SumZero.into());
+    // The merge uses each weight as f32 and accumulates Σ wᵢ·xᵢ in f32:
+    // check what is used, not the f64 given.
+    if let Some((i, &w)) = weights
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !(**w as f32).is_finite())
+    {
+        return Err(WeightsError::F32Range {
+            position: i + 1,
+            value: w,
+        }
+        .into());
+    }
+    let magnitude: f32 = weights.iter().map(|&w| (w as f32).abs()).sum();
+    if !magnitude.is_finite() {
+        return Err(WeightsError::SumRange.into());
     }
     Ok(())
 }

@@ -63,11 +63,18 @@ pub struct Summary {
     /// Fractions of the judged parameters in unrelated / related tensors.
     pub unrelated_fraction: f64,
     pub related_fraction: f64,
+    /// Fraction of the judged tensors (by count) that look unrelated: what
+    /// the verdict reads, so that a few large tensors (embeddings) cannot
+    /// outvote many unrelated layers.
+    pub unrelated_tensor_fraction: f64,
     /// Parameter-weighted geometric mean of the judged tensors' midpoint
     /// ratios: how much a naive average shrinks one layer's outputs.
     pub midpoint_ratio_per_layer: Option<f64>,
-    /// For Linear chains: the product of the layers' midpoint ratios (the
-    /// shrink compounded over depth) and the number of layers.
+    /// The shrink compounded over depth: for Linear chains the product of
+    /// the layers' midpoint ratios; otherwise the per-layer ratio to the
+    /// power of the number of blocks ([`blocks`]: `layers.0`, `h.1`,
+    /// `layer2.0` …, and every large tensor outside such blocks, like the
+    /// embedding). `layers` is that depth.
     pub compounded_midpoint_ratio: Option<f64>,
     pub layers: Option<usize>,
 }
@@ -123,6 +130,7 @@ pub fn diagnose(
     let mut all = PairSums::default();
     let mut judged = PairSums::default();
     let (mut n_judged, mut p_judged, mut p_unrel, mut p_rel) = (0usize, 0u64, 0u64, 0u64);
+    let mut n_unrel = 0usize;
     let mut log_mid = 0.0f64;
     let mut min: Option<(f64, &str)> = None;
     for t in &tensors {
@@ -134,7 +142,10 @@ pub fn diagnose(
         n_judged += 1;
         p_judged += t.numel;
         match t.class {
-            TensorClass::Unrelated => p_unrel += t.numel,
+            TensorClass::Unrelated => {
+                p_unrel += t.numel;
+                n_unrel += 1;
+            }
             TensorClass::Related => p_rel += t.numel,
             _ => {}
         }
@@ -153,13 +164,24 @@ pub fn diagnose(
             0.0
         }
     };
-    let compounded = chain.and_then(|names| {
+    let chained = chain.and_then(|names| {
         let mut prod = 1.0;
         for n in names {
             prod *= tensors.iter().find(|t| &t.name == n)?.midpoint_ratio?;
         }
-        (!names.is_empty()).then_some(prod)
+        (!names.is_empty()).then_some((prod, names.len()))
     });
+    let per_layer = (p_judged > 0).then(|| (log_mid / p_judged as f64).exp());
+    let judged_names = tensors
+        .iter()
+        .filter(|t| t.class != TensorClass::NotJudged)
+        .map(|t| t.name.as_str());
+    let depth = blocks(judged_names);
+    let (compounded, layers) = match (chained, per_layer) {
+        (Some((c, l)), _) => (Some(c), Some(l)),
+        (None, Some(m)) if depth > 0 => (Some(m.powi(depth as i32)), Some(depth)),
+        _ => (None, None),
+    };
     let summary = Summary {
         norm_a: all.norm_a(),
         norm_b: all.norm_b(),
@@ -173,11 +195,34 @@ pub fn diagnose(
         min_cos_tensor: min.map(|m| m.1.to_string()),
         unrelated_fraction: frac(p_unrel),
         related_fraction: frac(p_rel),
-        midpoint_ratio_per_layer: (p_judged > 0).then(|| (log_mid / p_judged as f64).exp()),
+        unrelated_tensor_fraction: if n_judged > 0 {
+            n_unrel as f64 / n_judged as f64
+        } else {
+            0.0
+        },
+        midpoint_ratio_per_layer: per_layer,
         compounded_midpoint_ratio: compounded,
-        layers: compounded.and(chain.map(|c| c.len())),
+        layers,
     };
     Diagnostics { summary, tensors }
+}
+
+/// The number of blocks the named tensors belong to: a block is the name up
+/// to its first numeric component (`transformer.h.3`, `layer2.0`,
+/// `encoder.layer.5`); a tensor without one is its own block (its module:
+/// `fc1`, `transformer.wte`). The depth over which a per-layer shrink
+/// compounds.
+pub fn blocks<'a>(names: impl IntoIterator<Item = &'a str>) -> usize {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names {
+        let parts: Vec<&str> = n.split('.').collect();
+        let end = match parts.iter().position(|p| p.parse::<u64>().is_ok()) {
+            Some(i) => i + 1,
+            None => parts.len().saturating_sub(1).max(1),
+        };
+        seen.insert(parts[..end].join("."));
+    }
+    seen.len()
 }
 
 /// What weight matching says about one permutation group.

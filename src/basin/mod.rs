@@ -13,19 +13,31 @@
 //!   al. 2022) identified: every layer's outputs shrink by about that factor,
 //!   compounded over depth.
 //!
-//! The verdict is driven by the cosine of the *large* weight tensors (at
-//! least 2-D and [`Thresholds::min_numel`] elements, where the noise floor of
-//! the cosine of unrelated weights, `1/√numel`, is ≤ 0.03): vectors such as
-//! norm scales or biases share structure across independent runs (LayerNorm
-//! weights near 1 have cos ≈ 1 even when permuted), and the midpoint ratio
-//! and the relative distance are inflated by norm changes along one run
-//! (see `docs/basin.md` for the calibration on real pairs).
+//! The verdict is driven by the *large* weight tensors (at least 2-D and
+//! [`Thresholds::min_numel`] elements, where the noise floor of the cosine
+//! of unrelated weights, `1/√numel`, is ≤ 0.03): vectors such as norm scales
+//! or biases share structure across independent runs (LayerNorm weights near
+//! 1 have cos ≈ 1 even when permuted). It judges what the average would
+//! average — the pair as stored, or after alignment — by what remains
+//! unrelated and by the compounded shrink:
 //!
-//! When a permutation spec is available, weight matching adds the decisive
-//! signal ([`GroupDiagnostics`]): the group's cosine before and after
-//! alignment and the churn (fraction of units that move). A large gain with
-//! high churn means B is a permuted copy in another basin; near-zero churn
-//! means the same unit order, i.e. one basin even when the weights moved far.
+//! - at least [`Thresholds::unrelated_tensors`] of the large tensors with
+//!   cos < [`Thresholds::cos_unrelated`] → disconnected (after alignment
+//!   too: weights weight matching could not relate break the average);
+//! - compounded midpoint ratio ≥ [`Thresholds::connected_shrink`] and every
+//!   large tensor's cos ≥ [`Thresholds::connected_min_cos`] → connected;
+//! - otherwise uncertain: related weights can still have a loss barrier
+//!   (aligned independent runs do), which only data can measure.
+//!
+//! When a permutation spec is available, weight matching of the naive pair
+//! adds per-group evidence ([`GroupDiagnostics`]): the group's cosine before
+//! and after alignment and the churn (fraction of units that move). A large
+//! gain with high churn means B is a permuted copy in another basin
+//! (disconnected); partial churn means a weak unit correspondence (at most
+//! uncertain). Near-zero churn proves nothing by itself: an aligned copy of
+//! an independent run keeps its (aligned) unit order and is still in another
+//! basin. The thresholds are calibrated on labelled trained pairs
+//! (`docs/basin.md`, `scripts/calibrate_basin.py`).
 //!
 //! The streaming pass ([`stream_sums`]) reads every input once, chunk by
 //! chunk from the memory maps (optionally through a permutation), so it is
@@ -38,8 +50,8 @@ mod verdict;
 use serde::Serialize;
 
 pub use diagnose::{
-    Diagnostics, GroupClass, GroupDiagnostics, Summary, TensorClass, TensorDiagnostics, diagnose,
-    group_diagnostics, linear_chain,
+    Diagnostics, GroupClass, GroupDiagnostics, Summary, TensorClass, TensorDiagnostics, blocks,
+    diagnose, group_diagnostics, linear_chain,
 };
 pub use sums::{PairSums, PairSumsSink, TensorSums, float_bytes, stream_sums};
 pub use verdict::{
@@ -61,17 +73,20 @@ pub struct Thresholds {
     /// ≲ 0.74 for equal norms).
     pub cos_unrelated: f64,
     /// From this cosine on a large tensor looks related (midpoint ratio
-    /// ≳ 0.76 for equal norms).
+    /// ≳ 0.76 for equal norms); shown per tensor, not part of the verdict.
     pub cos_related: f64,
-    /// Disconnected when at least this fraction of the large tensors'
-    /// parameters looks unrelated.
-    pub unrelated_fraction: f64,
-    /// Connected (data-free) when at least this fraction looks related and
-    /// less than [`Thresholds::stray_fraction`] looks unrelated.
-    pub related_fraction: f64,
-    /// Largest fraction of unrelated parameters a connected pair may have.
-    pub stray_fraction: f64,
-    /// A group whose churn is at most this keeps B's unit order (same basin).
+    /// Disconnected when at least this fraction of the large tensors (by
+    /// count) looks unrelated — also after alignment: weights that weight
+    /// matching could not relate are what breaks the average.
+    pub unrelated_tensors: f64,
+    /// Connected only when the compounded midpoint ratio
+    /// ([`Summary::compounded_midpoint_ratio`]) is at least this: the
+    /// average keeps most of the activations' scale over the whole depth.
+    pub connected_shrink: f64,
+    /// … and every large tensor has at least this cosine.
+    pub connected_min_cos: f64,
+    /// A group whose churn is at most this keeps B's unit order (no sign of
+    /// a permutation; not by itself a sign of one basin).
     pub churn_same: f64,
     /// A group whose churn is at least this, with a cosine gain of at least
     /// [`Thresholds::gain_permuted`], is permuted (another basin).
@@ -86,9 +101,9 @@ impl Default for Thresholds {
             min_numel: 1024,
             cos_unrelated: 0.10,
             cos_related: 0.15,
-            unrelated_fraction: 0.5,
-            related_fraction: 0.9,
-            stray_fraction: 0.01,
+            unrelated_tensors: 0.10,
+            connected_shrink: 0.80,
+            connected_min_cos: 0.50,
             churn_same: 0.10,
             churn_permuted: 0.50,
             gain_permuted: 0.05,

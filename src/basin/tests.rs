@@ -136,8 +136,13 @@ fn unrelated_large_tensors_make_a_pair_disconnected() {
 }
 
 #[test]
-fn related_large_tensors_make_a_pair_connected() {
-    let d = diag(&[("a.weight", 4096, 0.4), ("b.weight", 4096, 0.23)]);
+fn close_large_tensors_make_a_pair_connected() {
+    // midpoint ratios √0.95 = 0.975 and √0.9 = 0.949; geometric mean 0.962
+    // per block, 0.925 over the 2 blocks (`a`, `b`) ≥ 0.80; lowest cos 0.8.
+    let d = diag(&[("a.weight", 4096, 0.9), ("b.weight", 4096, 0.8)]);
+    assert_eq!(d.summary.layers, Some(2));
+    let c = d.summary.compounded_midpoint_ratio.unwrap();
+    assert!((c - 0.95f64.sqrt() * 0.9f64.sqrt()).abs() < 1e-12, "{c}");
     assert_eq!(
         assess(&d, None, &Thresholds::default()).verdict,
         Verdict::Connected
@@ -145,13 +150,48 @@ fn related_large_tensors_make_a_pair_connected() {
 }
 
 #[test]
+fn related_but_far_large_tensors_are_uncertain_not_connected() {
+    // Like aligned independent runs: no tensor unrelated, but √0.7 · √0.615
+    // = 0.656 over 2 blocks < 0.80 (and the lowest cos 0.23 < 0.5).
+    let d = diag(&[("a.weight", 4096, 0.4), ("b.weight", 4096, 0.23)]);
+    let c = d.summary.compounded_midpoint_ratio.unwrap();
+    assert!((c - 0.7f64.sqrt() * 0.615f64.sqrt()).abs() < 1e-12, "{c}");
+    let a = assess(&d, None, &Thresholds::default());
+    assert_eq!(a.verdict, Verdict::Uncertain);
+    assert!(a.reasons[0].contains("related but not close"), "{a:?}");
+}
+
+#[test]
+fn blocks_are_names_up_to_their_first_number() {
+    let names = [
+        "transformer.wte.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.1.mlp.c_fc.weight",
+        "layer2.0.conv1.weight",
+        "layer2.1.conv1.weight",
+        "fc1.weight",
+    ];
+    // wte, h.0, h.1, layer2.0, layer2.1, fc1
+    assert_eq!(blocks(names), 6);
+}
+
+#[test]
 fn a_weak_band_or_a_mix_is_uncertain() {
     let th = Thresholds::default();
     let d = diag(&[("a.weight", 4096, 0.12)]);
     assert_eq!(assess(&d, None, &th).verdict, Verdict::Uncertain);
-    // one unrelated tensor (a re-initialised head) among related ones
-    let d = diag(&[("a.weight", 4096, 0.9), ("head.weight", 1024, 0.0)]);
+    // one unrelated tensor (a re-initialised head) among 10 related ones:
+    // 1/11 < 10% unrelated, but not every cos ≥ 0.5
+    let names: Vec<String> = (0..10).map(|i| format!("l{i}.weight")).collect();
+    let mut rows: Vec<(&str, usize, f64)> = names.iter().map(|n| (n.as_str(), 4096, 0.9)).collect();
+    rows.push(("head.weight", 1024, 0.0));
+    let d = diag(&rows);
     assert_eq!(assess(&d, None, &th).verdict, Verdict::Uncertain);
+    // two of 12 (17% ≥ 10%): disconnected
+    rows.push(("head2.weight", 1024, 0.0));
+    let d = diag(&rows);
+    assert_eq!(assess(&d, None, &th).verdict, Verdict::Disconnected);
 }
 
 #[test]
@@ -198,7 +238,7 @@ fn group(churn: f64, before: f64, after: f64) -> GroupDiagnostics {
 #[test]
 fn a_permuted_group_makes_the_pair_disconnected_whatever_the_cosines() {
     let th = Thresholds::default();
-    let d = diag(&[("a.weight", 4096, 0.3)]);
+    let d = diag(&[("a.weight", 4096, 0.9)]);
     let a = assess(&d, Some(&[group(0.97, 0.3, 0.9)]), &th);
     assert_eq!(a.verdict, Verdict::Disconnected);
     assert_eq!(a.data_free, Verdict::Connected);
@@ -210,11 +250,16 @@ fn a_permuted_group_makes_the_pair_disconnected_whatever_the_cosines() {
 }
 
 #[test]
-fn unchanged_unit_order_confirms_a_connected_pair() {
+fn unchanged_unit_order_alone_does_not_make_a_pair_connected() {
     let th = Thresholds::default();
+    // An aligned copy keeps its unit order: churn 0, yet far weights.
     let d = diag(&[("a.weight", 4096, 0.3)]);
     let a = assess(&d, Some(&[group(0.0, 0.3, 0.3)]), &th);
+    assert_eq!(a.verdict, Verdict::Uncertain);
+    // Close weights in the same order: connected; a partial churn caps it.
+    let d = diag(&[("a.weight", 4096, 0.9)]);
+    let a = assess(&d, Some(&[group(0.0, 0.9, 0.9)]), &th);
     assert_eq!(a.verdict, Verdict::Connected);
-    let a = assess(&d, Some(&[group(0.3, 0.3, 0.31)]), &th);
+    let a = assess(&d, Some(&[group(0.3, 0.9, 0.91)]), &th);
     assert_eq!(a.verdict, Verdict::Uncertain);
 }

@@ -64,8 +64,9 @@ fn pct(x: f64) -> String {
     }
 }
 
-/// The data-free verdict and its reasons.
-fn assess_data_free(d: &Diagnostics, th: &Thresholds) -> (Verdict, Vec<String>) {
+/// The verdict on what a pair's diagnostics show (the pair as stored, or
+/// after alignment), and its reasons.
+fn assess_remaining(d: &Diagnostics, th: &Thresholds) -> (Verdict, Vec<String>) {
     let s = &d.summary;
     let shrink = shrink_words(s).unwrap_or_default();
     if s.judged_tensors == 0 {
@@ -82,35 +83,33 @@ fn assess_data_free(d: &Diagnostics, th: &Thresholds) -> (Verdict, Vec<String>) 
         .iter()
         .filter(|t| t.class != TensorClass::NotJudged)
         .collect();
-    let of = |c: TensorClass| judged.iter().filter(|t| t.class == c).count();
-    let example = |c: TensorClass| {
-        judged
-            .iter()
-            .filter(|t| t.class == c)
-            .max_by_key(|t| t.numel)
-            .map(|t| {
-                format!(
-                    "{}: cos {:.3}, midpoint norm ratio {:.2}",
-                    t.name,
-                    t.cos.unwrap_or(f64::NAN),
-                    t.midpoint_ratio.unwrap_or(f64::NAN)
-                )
-            })
-            .unwrap_or_default()
+    let unrelated = judged
+        .iter()
+        .filter(|t| t.class == TensorClass::Unrelated)
+        .count();
+    let describe = |t: &TensorDiagnostics| {
+        format!(
+            "{}: cos {:.3}, midpoint norm ratio {:.2}",
+            t.name,
+            t.cos.unwrap_or(f64::NAN),
+            t.midpoint_ratio.unwrap_or(f64::NAN)
+        )
     };
-    if s.unrelated_fraction >= th.unrelated_fraction {
+    if s.unrelated_tensor_fraction >= th.unrelated_tensors {
+        let example = judged
+            .iter()
+            .filter(|t| t.class == TensorClass::Unrelated)
+            .max_by_key(|t| t.numel)
+            .map(|t| describe(t))
+            .unwrap_or_default();
         let mut r = vec![format!(
-            "{} of {} large weight tensors ({} of their parameters) look unrelated (cos < {:.2}), e.g. {}",
-            of(TensorClass::Unrelated),
+            "{unrelated} of {} large weight tensors ({} of their parameters) look unrelated (cos < {:.2}), e.g. {example}",
             judged.len(),
             pct(s.unrelated_fraction),
             th.cos_unrelated,
-            example(TensorClass::Unrelated)
         )];
         if !shrink.is_empty() {
-            r.push(format!(
-                "a naive average would shrink activations to {shrink}"
-            ));
+            r.push(format!("an average would shrink activations to {shrink}"));
         }
         return (Verdict::Disconnected, r);
     }
@@ -119,35 +118,47 @@ fn assess_data_free(d: &Diagnostics, th: &Thresholds) -> (Verdict, Vec<String>) 
         s.min_cos.unwrap_or(f64::NAN),
         s.min_cos_tensor.as_deref().unwrap_or("?")
     );
-    if s.related_fraction >= th.related_fraction && s.unrelated_fraction < th.stray_fraction {
+    let compounded = s.compounded_midpoint_ratio.unwrap_or(0.0);
+    let min_cos = s.min_cos.unwrap_or(f64::NEG_INFINITY);
+    if compounded >= th.connected_shrink && min_cos >= th.connected_min_cos {
         let mut r = vec![format!(
-            "the weights are related: {} of the large weight tensors' parameters have cos ≥ {:.2}, {min}",
-            pct(s.related_fraction),
-            th.cos_related
+            "the weights are close: every large weight tensor has cos ≥ {:.2}, {min}",
+            th.connected_min_cos
         )];
         if !shrink.is_empty() {
             r.push(format!("midpoint norm ratio {shrink}"));
         }
         return (Verdict::Connected, r);
     }
-    let mut r = vec![format!(
-        "mixed signals: {} of the large weight tensors' parameters look unrelated (cos < {:.2}), {} related (cos ≥ {:.2}); {min}",
-        pct(s.unrelated_fraction),
-        th.cos_unrelated,
-        pct(s.related_fraction),
-        th.cos_related
-    )];
-    if of(TensorClass::Unrelated) > 0 {
-        r.push(format!("e.g. {}", example(TensorClass::Unrelated)));
+    let mut r = Vec::new();
+    if unrelated > 0 {
+        r.push(format!(
+            "{unrelated} of {} large weight tensors look unrelated (cos < {:.2})",
+            judged.len(),
+            th.cos_unrelated
+        ));
     }
+    r.push(format!(
+        "the weights are related but not close ({min}); an average would shrink activations to {} (connected needs ≥ {:.2} over the whole depth and every cos ≥ {:.2}): related weights can still sit across a loss barrier, measure the merge on data",
+        if shrink.is_empty() { "?".into() } else { shrink },
+        th.connected_shrink,
+        th.connected_min_cos
+    ));
     (Verdict::Uncertain, r)
 }
 
-/// The verdict for a pair. `groups` are the weight-matching diagnostics of
-/// the naive pair, when matching ran; pass `None` for an already aligned
-/// pair (whose alignment moved units on purpose) or when no spec exists.
+/// The verdict for a pair from its diagnostics `d`. `groups` are the
+/// weight-matching diagnostics of the naive pair, when matching ran; pass
+/// `None` for a pair judged after alignment (whose alignment moved units
+/// on purpose) or when no spec exists.
+///
+/// The verdict is what remains ([`Thresholds`]: unrelated large tensors,
+/// compounded shrink), with the matching's evidence on top: a permuted
+/// group makes a naive pair disconnected, a partial one caps the verdict at
+/// uncertain. Low churn alone never makes a pair connected, so `basin A
+/// B_aligned` and `basin A B --align` judge the same weights the same way.
 pub fn assess(d: &Diagnostics, groups: Option<&[GroupDiagnostics]>, th: &Thresholds) -> Assessment {
-    let (data_free, mut reasons) = assess_data_free(d, th);
+    let (data_free, mut reasons) = assess_remaining(d, th);
     let groups: Vec<&GroupDiagnostics> = groups
         .unwrap_or(&[])
         .iter()
@@ -178,7 +189,6 @@ pub fn assess(d: &Diagnostics, groups: Option<&[GroupDiagnostics]>, th: &Thresho
         .iter()
         .filter(|g| g.class == Some(GroupClass::Partial))
         .collect();
-    let max_churn = groups.iter().filter_map(|g| g.churn).fold(0.0f64, f64::max);
     let verdict = if !permuted.is_empty() {
         let mut r: Vec<String> = permuted.iter().map(|g| describe(g)).collect();
         r.push(ALIGN_ADVICE.into());
@@ -186,34 +196,18 @@ pub fn assess(d: &Diagnostics, groups: Option<&[GroupDiagnostics]>, th: &Thresho
         r.extend(
             reasons
                 .drain(..)
-                .filter(|x| x.starts_with("a naive average")),
+                .filter(|x| x.starts_with("an average would")),
         );
         reasons = r;
         Verdict::Disconnected
-    } else if partial.is_empty() {
-        let note = format!(
-            "weight matching keeps B's unit order (churn ≤ {} in every group)",
-            pct(max_churn)
-        );
-        match data_free {
-            Verdict::Disconnected => {
-                reasons.insert(0, format!("{note}, yet the weights look unrelated"));
-                Verdict::Uncertain
-            }
-            _ => {
-                reasons.insert(0, note);
-                Verdict::Connected
-            }
-        }
+    } else if partial.is_empty() || data_free != Verdict::Connected {
+        data_free
     } else {
         let mut r: Vec<String> = partial.iter().map(|g| describe(g)).collect();
         r.push("the unit correspondence is weak: the models may have moved far apart".into());
         r.append(&mut reasons);
         reasons = r;
-        match data_free {
-            Verdict::Disconnected => Verdict::Disconnected,
-            _ => Verdict::Uncertain,
-        }
+        Verdict::Uncertain
     };
     Assessment {
         verdict,

@@ -116,7 +116,7 @@ impl Checkpoint {
             path: index.to_path_buf(),
             source,
         };
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let text = crate::read_side_file(index)?;
         let parsed: IndexFile =
             serde_json::from_str(&text).map_err(|e| fail(IndexError::Json(e)))?;
         let weight_map = parsed
@@ -348,9 +348,53 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(usize, safetensors::tensor
             E::InvalidHeaderDeserialization(j) => FormatError::HeaderJson(j),
             E::InvalidHeader(u) => FormatError::HeaderUtf8(u),
             E::HeaderTooLarge => FormatError::HeaderTooLarge,
-            other => FormatError::Rejected(other.to_string().to_lowercase()),
+            other => {
+                let reason = other.to_string().to_lowercase();
+                // The crate's messages often leave the tensor out: find
+                // the entry at fault in the header ourselves.
+                let end = 8usize.saturating_add(declared as usize).min(bytes.len());
+                match bad_entry(&bytes[8..end]) {
+                    Some(tensor) => FormatError::RejectedTensor { tensor, reason },
+                    None => FormatError::Rejected(reason),
+                }
+            }
         })
     })
+}
+
+/// The first header entry whose own fields cannot be right: unknown dtype,
+/// a shape whose element count overflows, offsets that run backwards or do
+/// not span shape × dtype bytes. `None` when every entry is fine on its own
+/// (the fault is then between entries or with the file).
+fn bad_entry(header: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Entry {
+        dtype: serde_json::Value,
+        shape: Vec<u64>,
+        data_offsets: (u64, u64),
+    }
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    map.into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .find(|(_, v)| {
+            let Ok(e) = serde_json::from_value::<Entry>(v.clone()) else {
+                return true;
+            };
+            let Ok(dtype) = serde_json::from_value::<Dtype>(e.dtype) else {
+                return true;
+            };
+            let bits = e
+                .shape
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .and_then(|n| n.checked_mul(dtype.bitsize() as u64));
+            let (start, end) = e.data_offsets;
+            match bits {
+                None => true,
+                Some(b) => end < start || end - start != b.div_ceil(8),
+            }
+        })
+        .map(|(name, _)| name)
 }
 
 fn list_weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {

@@ -75,6 +75,47 @@ pub enum Command {
         after_help = "Examples:\n  polymerge basin a.safetensors b.safetensors\n  polymerge basin a.safetensors b.safetensors --align --json\n\nExit codes: 0 connected, 3 disconnected, 4 uncertain (1 error, 2 usage). See docs/basin.md."
     )]
     Basin(BasinArgs),
+    /// Run a mergekit recipe (YAML, `merge_method: linear`) with mergekit's numerics.
+    #[command(
+        after_help = "Examples:\n  polymerge recipe merge.yml -o merged/\n  polymerge recipe soup.yml -o soup.safetensors --json\n\nUnderstood: merge_method: linear; models: [{model: PATH, parameters: {weight: W}}];\nparameters: {normalize, weight}; dtype; out_dtype; align: true|many (polymerge extension).\nModel paths are relative to the recipe file. Any other key is an error. See docs/recipes.md."
+    )]
+    Recipe(RecipeArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
+    #[command(
+        after_help = "Examples:\n  polymerge completions bash > ~/.local/share/bash-completion/completions/polymerge\n  polymerge completions zsh > ~/.zfunc/_polymerge\n  polymerge completions fish > ~/.config/fish/completions/polymerge.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of polymerge or of one of its commands on stdout.
+    #[command(
+        after_help = "Examples:\n  polymerge man > polymerge.1\n  polymerge man avg > polymerge-avg.1\n  polymerge man | man -l -"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RecipeArgs {
+    /// The recipe: mergekit YAML.
+    pub recipe: PathBuf,
+    /// Make NaN/Inf values in the inputs an error instead of a warning.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub basin: CheckArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A command (e.g. avg) whose own page to print; default: the main page.
+    pub command: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -105,9 +146,12 @@ pub struct EmaArgs {
     /// Print every checkpoint's step and effective weight (stderr; in the JSON with --json).
     #[arg(long)]
     pub print_weights: bool,
-    /// Only compute and print the weights; write nothing.
+    /// Only compute and print the weights; write no checkpoint (a --plot is still drawn).
     #[arg(long)]
     pub dry_run: bool,
+    /// Draw every checkpoint's weight over its step into this SVG file (--force replaces it).
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
     /// Make NaN/Inf values in the inputs an error instead of a warning.
     #[arg(long)]
     pub strict: bool,
@@ -189,8 +233,8 @@ pub struct BarrierArgs {
     /// Data file: safetensors with `x` [N, D] and `y` [N].
     #[arg(long)]
     pub data: PathBuf,
-    /// Points on the path, including both ends (at least 2).
-    #[arg(long, default_value_t = 11, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+    /// Points on the path, including both ends (2 to 10000).
+    #[arg(long, default_value_t = 11, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=polymerge::evaluate::MAX_PATH_POINTS as u64))]
     pub steps: usize,
     /// Align B to A (weight matching) before interpolating.
     #[arg(long)]
@@ -200,6 +244,19 @@ pub struct BarrierArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub plot: PlotArgs,
+}
+
+/// `--plot` of commands that write no checkpoint (with a `--force` of its own).
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Draw the results into this SVG file.
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
+    /// Replace an existing plot file.
+    #[arg(long, requires = "plot")]
+    pub force: bool,
 }
 
 /// Options of weight matching, shared by `align` and `avg --align`.
@@ -354,6 +411,8 @@ pub struct BasinArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub plot: PlotArgs,
 }
 
 /// The basin check options of `avg` and `ema`.

@@ -19,12 +19,12 @@ pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| vec![1.0; a.inputs.len()]);
     average::validate_weights(&weights, a.inputs.len())?;
-    let ckpts = open_all(&a.inputs)?;
     let align = match a.align {
         None => Align::None,
-        Some(AlignMode::Pairwise) => Align::ToFirst(a.matching.options()),
-        Some(AlignMode::Many) => Align::Many(a.matching.options()),
+        Some(AlignMode::Pairwise) => Align::ToFirst(a.matching.options()?),
+        Some(AlignMode::Many) => Align::Many(a.matching.options()?),
     };
+    let ckpts = open_all(&a.inputs)?;
     let gate = GateText {
         labels: (a.inputs.iter().enumerate())
             .map(|(i, p)| format!("input {} ({})", i + 1, p.display()))
@@ -54,7 +54,7 @@ pub fn run(a: AvgArgs) -> anyhow::Result<ExitCode> {
         r => r?,
     };
     warn_nonfinite(&report.nonfinite);
-    summarize("averaged", &a.out, &report, ckpts.len());
+    summarize("averaged", &a.out, &report, ckpts.len())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,15 @@ use serde_json::json;
 
 use super::args::{BasinArgs, Matching};
 use super::console::Console;
+use super::output::{clean, pad, print_line, print_stdout, text_width};
+
+/// `writeln!` into a `String` (which cannot fail).
+macro_rules! outln {
+    ($o:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($arg)*);
+    }};
+}
 use super::{EXIT_CONNECTED, EXIT_DISCONNECTED, EXIT_UNCERTAIN};
 
 fn exit_code(v: Verdict) -> u8 {
@@ -46,6 +55,10 @@ fn skipped_words(s: &MatchingSkipped) -> String {
 
 pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
+    if let Some(p) = &a.plot.plot {
+        super::plots::check(p, None, a.plot.force)?;
+    }
+    let matching = a.matching.options()?;
     let (ca, cb) = open_pair(&a.a, &a.b)?;
     let opts = Compare {
         align: a.align,
@@ -54,37 +67,44 @@ pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
             Matching::Always => WhenMatching::Always,
             Matching::Never => WhenMatching::Never,
         },
-        matching: a.matching.options(),
+        matching,
         thresholds: Thresholds::default(),
     };
     let c = compare(&ca, &cb, &opts, &Console::new(a.json, ""))?;
     let th = &opts.thresholds;
     let shown = c.shown();
     let code = exit_code(c.assessment.verdict);
+    if let Some(p) = &a.plot.plot {
+        let after = c.after.as_ref().filter(|_| a.align);
+        polymerge::plot::save(p, &super::plots::basin(&c.before, after), a.plot.force)?;
+    }
+    let mut o = String::new();
     if a.json {
-        print_json(&a, &c, th, code, start);
+        print_json(&a, &c, th, code, start)?;
     } else {
-        println!(
+        outln!(
+            o,
             "A: {}\nB: {}{}",
-            a.a.display(),
-            a.b.display(),
+            clean(&a.a.display().to_string()),
+            clean(&a.b.display().to_string()),
             if a.align {
                 "  (aligned to A by weight matching)"
             } else {
                 ""
             }
         );
-        println!();
-        print_tensors(shown, a.align.then_some(&c.before));
-        println!();
-        print_summary(&shown.summary, th);
+        o.push('\n');
+        print_tensors(&mut o, shown, a.align.then_some(&c.before));
+        o.push('\n');
+        print_summary(&mut o, &shown.summary, th);
         if !c.groups.is_empty() {
-            println!();
-            print_groups(&c.groups);
+            o.push('\n');
+            print_groups(&mut o, &c.groups);
         }
         if let Some(r) = &c.alignment {
             let norm = (c.before.summary.norm_a * c.before.summary.norm_b).max(f64::MIN_POSITIVE);
-            println!(
+            outln!(
+                o,
                 "matching objective {:.6e} -> {:.6e} (normalised {:.3} -> {:.3}), {} sweep(s), {:.2} s",
                 r.objective_before,
                 r.objective_after,
@@ -94,10 +114,11 @@ pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
                 r.seconds
             );
         } else if let Some(s) = &c.skipped {
-            println!("weight matching skipped: {}", skipped_words(s));
+            outln!(o, "weight matching skipped: {}", skipped_words(s));
         }
-        println!();
-        print_verdict(&c.assessment);
+        o.push('\n');
+        print_verdict(&mut o, &c.assessment);
+        print_stdout(&o)?;
         eprintln!(
             "basin check: {:.2} s ({:.2} s streaming pass)",
             start.elapsed().as_secs_f64(),
@@ -107,7 +128,13 @@ pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-fn print_json(a: &BasinArgs, c: &Comparison, th: &Thresholds, code: u8, start: Instant) {
+fn print_json(
+    a: &BasinArgs,
+    c: &Comparison,
+    th: &Thresholds,
+    code: u8,
+    start: Instant,
+) -> anyhow::Result<()> {
     let before = &c.before;
     let shown = c.shown();
     let matching = match &c.alignment {
@@ -143,21 +170,27 @@ fn print_json(a: &BasinArgs, c: &Comparison, th: &Thresholds, code: u8, start: I
         "check_seconds": c.check_seconds,
         "seconds": start.elapsed().as_secs_f64(),
     });
-    println!("{j}");
+    print_line(j)
 }
 
-fn print_tensors(d: &Diagnostics, before: Option<&Diagnostics>) {
+fn print_tensors(o: &mut String, d: &Diagnostics, before: Option<&Diagnostics>) {
     let width = d
         .tensors
         .iter()
-        .map(|t| t.name.len())
+        .map(|t| text_width(&clean(&t.name)))
         .max()
         .unwrap_or(6)
         .max(6);
     let extra = if before.is_some() { "  cos before" } else { "" };
-    println!(
-        "{:<width$}  {:>14}  {:>7}  {:>9}  {:>8}  {:>7}{extra}  class",
-        "tensor", "shape", "cos", "rel.dist", "midpoint", "|B|/|A|"
+    outln!(
+        o,
+        "{}  {:>14}  {:>7}  {:>9}  {:>8}  {:>7}{extra}  class",
+        pad("tensor", width),
+        "shape",
+        "cos",
+        "rel.dist",
+        "midpoint",
+        "|B|/|A|"
     );
     for t in &d.tensors {
         let shape = t
@@ -176,9 +209,10 @@ fn print_tensors(d: &Diagnostics, before: Option<&Diagnostics>) {
             TensorClass::Unrelated => "unrelated",
             TensorClass::NotJudged => "-",
         };
-        println!(
-            "{:<width$}  {:>14}  {:>7}  {:>9}  {:>8}  {:>7}{b}  {class}",
-            t.name,
+        outln!(
+            o,
+            "{}  {:>14}  {:>7}  {:>9}  {:>8}  {:>7}{b}  {class}",
+            pad(&clean(&t.name), width),
             if shape.is_empty() {
                 "scalar".into()
             } else {
@@ -192,14 +226,16 @@ fn print_tensors(d: &Diagnostics, before: Option<&Diagnostics>) {
     }
 }
 
-fn print_summary(s: &Summary, th: &Thresholds) {
-    println!(
+fn print_summary(o: &mut String, s: &Summary, th: &Thresholds) {
+    outln!(
+        o,
         "all float tensors: cos {}, relative distance {}, midpoint norm ratio {}",
         opt(s.cos, 3),
         opt(s.rel_distance, 3),
         opt(s.midpoint_ratio, 3)
     );
-    println!(
+    outln!(
+        o,
         "large weight tensors (>= 2-D, >= {} elements): {} ({} params), cos {}, {:.1}% of params unrelated (cos < {:.2}), {:.1}% related (cos >= {:.2})",
         th.min_numel,
         s.judged_tensors,
@@ -211,25 +247,32 @@ fn print_summary(s: &Summary, th: &Thresholds) {
         th.cos_related
     );
     if let Some(w) = basin::shrink_words(s) {
-        println!("naive average: activations scale by {w}");
+        outln!(o, "naive average: activations scale by {w}");
     }
 }
 
-fn print_groups(groups: &[GroupDiagnostics]) {
+fn print_groups(o: &mut String, groups: &[GroupDiagnostics]) {
     let width = groups
         .iter()
-        .map(|g| g.name.len())
+        .map(|g| text_width(&clean(&g.name)))
         .max()
         .unwrap_or(5)
         .max(5);
-    println!(
-        "{:<width$}  {:>6}  {:>10}  {:>9}  {:>7}  {:>7}  class",
-        "group", "units", "cos before", "cos after", "gain", "churn"
+    outln!(
+        o,
+        "{}  {:>6}  {:>10}  {:>9}  {:>7}  {:>7}  class",
+        pad("group", width),
+        "units",
+        "cos before",
+        "cos after",
+        "gain",
+        "churn"
     );
     for g in groups {
-        println!(
-            "{:<width$}  {:>6}  {:>10}  {:>9}  {:>7}  {:>7}  {}",
-            g.name,
+        outln!(
+            o,
+            "{}  {:>6}  {:>10}  {:>9}  {:>7}  {:>7}  {}",
+            pad(&clean(&g.name), width),
             g.size,
             opt(g.cos_before, 3),
             opt(g.cos_after, 3),
@@ -248,9 +291,9 @@ fn print_groups(groups: &[GroupDiagnostics]) {
     }
 }
 
-fn print_verdict(x: &Assessment) {
-    println!("verdict: {}", x.verdict);
+fn print_verdict(o: &mut String, x: &Assessment) {
+    outln!(o, "verdict: {}", x.verdict);
     for r in super::hints::reasons(&x.reasons) {
-        println!("  - {r}");
+        outln!(o, "  - {}", clean(&r));
     }
 }

@@ -10,7 +10,7 @@ use polymerge::alignment::AlignOptions;
 use polymerge::average::Accumulation;
 use polymerge::ema::{Decay, EmaProfile, Warmup};
 use polymerge::pipeline::{BasinGate, MatchOptions, Output};
-use polymerge::spec::SpecSource;
+use polymerge::spec::{PermutationSpec, SpecSource};
 use safetensors::Dtype;
 
 use super::args::{
@@ -48,11 +48,12 @@ impl AccumKind {
 }
 
 impl MatchArgs {
-    /// Weight matching as the flags ask (no starting permutations).
-    pub fn options(&self) -> MatchOptions {
-        MatchOptions {
+    /// Weight matching as the flags ask (no starting permutations). A
+    /// `--spec` file is read and parsed here, before any checkpoint.
+    pub fn options(&self) -> polymerge::Result<MatchOptions> {
+        Ok(MatchOptions {
             spec: match &self.spec {
-                Some(p) => SpecSource::File(p.clone()),
+                Some(p) => SpecSource::Given(PermutationSpec::load(p)?),
                 None => SpecSource::Infer,
             },
             groups: self.groups.clone(),
@@ -61,7 +62,7 @@ impl MatchArgs {
                 max_iter: self.max_iter,
                 init: None,
             },
-        }
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use polymerge::basin::{Assessment, Diagnostics, Verdict};
 use polymerge::observe::{Event, Observer, Phase};
 use polymerge::pipeline::RefusedPair;
 
-use super::output::warn;
+use super::output::{clean, pad, text_width, warn};
 
 /// What the basin gate's lines say about the inputs.
 pub struct GateText {
@@ -95,14 +95,22 @@ impl Console {
             )),
             // "too small to judge" is not worth a line.
             Verdict::Uncertain if d.summary.judged_tensors == 0 => {}
+            // After alignment an uncertain pair is a warning: the user asked
+            // for an aligned merge and should know it may be a poor one.
+            Verdict::Uncertain if gate.aligned => warn(&format!(
+                "basin check{after}: {pair}: uncertain: {reasons}; the aligned average may be poor: evaluate it before use"
+            )),
             Verdict::Uncertain => {
                 if !self.quiet {
-                    eprintln!("polymerge: note: basin check{after}: {pair}: uncertain: {reasons}");
+                    eprintln!(
+                        "polymerge: note: basin check{after}: {pair}: uncertain: {}",
+                        clean(&reasons)
+                    );
                 }
             }
             Verdict::Connected => {
                 if gate.aligned && !self.quiet {
-                    eprintln!("basin check{after}: {pair}: connected: {reasons}");
+                    eprintln!("basin check{after}: {pair}: connected: {}", clean(&reasons));
                 }
             }
         }
@@ -130,6 +138,17 @@ impl Observer for Console {
             }
             Event::Progress { done, .. } => self.with_bar(|pb| pb.set_position(done)),
             Event::Finished { .. } => self.clear(),
+            Event::GroupStarted {
+                sweep,
+                position,
+                groups,
+                group,
+                units,
+            } => self.with_bar(|pb| {
+                pb.set_message(format!(
+                    "weight matching: sweep {sweep}, group {position}/{groups} {group} ({units} units)"
+                ))
+            }),
             Event::GroupVisited {
                 sweep,
                 group,
@@ -235,18 +254,23 @@ pub fn print_alignment(r: &Alignment) {
     let width = r
         .groups
         .iter()
-        .map(|g| g.name.len())
+        .map(|g| text_width(&clean(&g.name)))
         .max()
         .unwrap_or(5)
         .max(5);
     eprintln!(
-        "{:<width$}  {:>6}  {:>13}  {:>13}  {:>7}  {:>6}",
-        "group", "units", "score before", "score after", "churn", "time"
+        "{}  {:>6}  {:>13}  {:>13}  {:>7}  {:>6}",
+        pad("group", width),
+        "units",
+        "score before",
+        "score after",
+        "churn",
+        "time"
     );
     for g in &r.groups {
         eprintln!(
-            "{:<width$}  {:>6}  {:>13.6e}  {:>13.6e}  {:>6.1}%  {:>5.2}s",
-            g.name,
+            "{}  {:>6}  {:>13.6e}  {:>13.6e}  {:>6.1}%  {:>5.2}s",
+            pad(&clean(&g.name), width),
             g.size,
             g.score_before,
             g.score_after,

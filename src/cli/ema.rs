@@ -9,13 +9,17 @@ use serde_json::json;
 
 use super::args::EmaArgs;
 use super::console::{Console, GateText, refusal};
-use super::output::{summarize, warn, warn_nonfinite};
+use super::output::{clean, print_line, summarize, warn, warn_nonfinite};
 
 pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     let profile = a.ema_profile().unwrap_or_else(|e| e.exit());
     let output = a.out.output();
     if !a.dry_run {
         output.refuse_existing()?;
+    }
+    if let Some(p) = &a.plot {
+        let out = (!a.dry_run).then_some(a.out.output.as_path());
+        super::plots::check(p, out, a.out.force)?;
     }
     let explicit = a.steps.as_ref().map(|s| s.0.as_slice());
     if let Some(steps) = explicit
@@ -28,6 +32,11 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         ))
         .exit();
     }
+    let matching = if a.align {
+        Some(a.matching.options()?)
+    } else {
+        None
+    };
     let ckpts: Vec<Checkpoint> = a
         .inputs
         .iter()
@@ -48,19 +57,29 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{profile}");
         eprintln!("{:>12}  {:>12}  path", "step", "weight");
         for (s, w) in order.iter().zip(&weights) {
-            eprintln!("{:>12}  {:>12.6e}  {}", s.step, w, s.path.display());
+            eprintln!(
+                "{:>12}  {:>12.6e}  {}",
+                s.step,
+                w,
+                clean(&s.path.display().to_string())
+            );
         }
         eprintln!(
             "effective half-life: {:.2} checkpoints",
             ema::effective_half_life_checkpoints(&weights)
         );
     }
+    let plot = || -> anyhow::Result<()> {
+        if let Some(p) = &a.plot {
+            let panels = super::plots::ema(&profile.to_string(), &steps, &weights);
+            polymerge::plot::save(p, &panels, a.out.force)?;
+        }
+        Ok(())
+    };
     if a.dry_run {
+        plot()?;
         if a.out.json {
-            println!(
-                "{}",
-                json!({"profile": profile.to_string(), "weights": rows})
-            );
+            print_line(json!({"profile": profile.to_string(), "weights": rows}))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -89,13 +108,10 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     let merge = Merge::new(used.iter().map(|(s, _)| &ckpts[s.index]))
         .weights(used_w.clone())
         .accumulation(a.accum.accumulation())
+        .counters(polymerge::average::CounterRule::Last)
         .dtype(a.dtype.map(|d| d.dtype()))
         .strict_nonfinite(a.strict)
-        .align(if a.align {
-            Align::ToFirst(a.matching.options())
-        } else {
-            Align::None
-        })
+        .align(matching.map_or(Align::None, Align::ToFirst))
         .basin_gate(a.basin.gate())
         .basin_pairs(ema::basin_pair(&used_w).into_iter().collect())
         .description(description);
@@ -107,9 +123,10 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         r => r?,
     };
     warn_nonfinite(&report.nonfinite);
+    plot()?;
     if a.out.json && a.print_weights {
         eprintln!("{}", json!({"weights": rows}));
     }
-    summarize("ema of", &a.out, &report, used.len());
+    summarize("ema of", &a.out, &report, used.len())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use super::args::InspectArgs;
-use super::output::{human_bytes, human_count, print_stdout};
+use super::output::{clean, human_bytes, human_count, pad, print_stdout, text_width};
 
 pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&a.path)?;
@@ -50,16 +50,34 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         print_stdout(&(serde_json::to_string_pretty(&out)? + "\n"))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let width = ckpt
+    // Column widths from the data: names can be long (a `format!` width
+    // above 65535 panics, so padding is done by hand) and carry control
+    // characters (escaped), dtypes like F8_E4M3 are wider than "dtype".
+    let rows: Vec<(String, String, String)> = ckpt
         .tensors()
         .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+        .map(|t| {
+            (
+                clean(&t.name).into_owned(),
+                format!("{:?}", t.dtype),
+                format!("{:?}", t.shape),
+            )
+        })
+        .collect();
+    let col = |f: fn(&(String, String, String)) -> &String, min: usize| {
+        rows.iter()
+            .map(|r| text_width(f(r)))
+            .max()
+            .unwrap_or(0)
+            .max(min)
+    };
+    let (wn, wd, ws) = (col(|r| &r.0, 4), col(|r| &r.1, 5), col(|r| &r.2, 18));
     let mut header = format!(
-        "{:<width$}  {:<5}  {:<18}  {:>10}",
-        "name", "dtype", "shape", "size"
+        "{}  {}  {}  {:>10}",
+        pad("name", wn),
+        pad("dtype", wd),
+        pad("shape", ws),
+        "size"
     );
     if a.stats {
         header += &format!(
@@ -69,13 +87,13 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     }
     // Written in one go at the end: see `print_stdout` (`inspect … | head`).
     let mut text = String::new();
-    writeln!(text, "{header}")?;
-    for (t, s) in ckpt.tensors().iter().zip(&stats) {
+    writeln!(text, "{}", header.trim_end())?;
+    for ((t, s), (name, dtype, shape)) in ckpt.tensors().iter().zip(&stats).zip(&rows) {
         let mut line = format!(
-            "{:<width$}  {:<5}  {:<18}  {:>10}",
-            t.name,
-            format!("{:?}", t.dtype),
-            format!("{:?}", t.shape),
+            "{}  {}  {}  {:>10}",
+            pad(name, wn),
+            pad(dtype, wd),
+            pad(shape, ws),
             human_bytes(t.nbytes() as u64)
         );
         if let Some(s) = s {
@@ -101,7 +119,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     if !ckpt.metadata().is_empty() {
         writeln!(text, "metadata:")?;
         for (k, v) in ckpt.metadata() {
-            writeln!(text, "  {k}: {v}")?;
+            writeln!(text, "  {}: {}", clean(k), clean(v))?;
         }
     }
     print_stdout(&text)?;

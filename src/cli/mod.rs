@@ -7,12 +7,15 @@ mod align;
 mod args;
 mod avg;
 mod basin;
+mod completions;
 mod config;
 mod console;
 mod ema;
 mod hints;
 mod inspect;
 mod output;
+mod plots;
+mod recipe;
 mod values;
 
 use std::process::ExitCode;
@@ -40,6 +43,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         args::Command::Barrier(a) => align::barrier(a),
         args::Command::Ema(a) => ema::run(a),
         args::Command::Basin(a) => basin::run(a),
+        args::Command::Recipe(a) => recipe::run(a),
+        args::Command::Completions(a) => completions::completions(a),
+        args::Command::Man(a) => completions::man(a),
     }
 }
 
@@ -58,16 +64,15 @@ pub fn error_line(err: &polymerge::Error) -> String {
 fn render<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
     let mut parts = Vec::new();
     let mut hint = None;
-    let mut under_io = false;
     for cause in chain {
         let lib = cause.downcast_ref::<polymerge::Error>();
         let text = match cause.downcast_ref::<std::io::Error>() {
-            Some(io) if under_io => polymerge::error::lowercase_io(io),
+            Some(io) => polymerge::error::lowercase_io(io),
             _ => cause.to_string(),
         };
         parts.push(text);
-        under_io = matches!(lib, Some(polymerge::Error::Io { .. }));
         hint = hint.or_else(|| lib.and_then(hints::flag_hint));
     }
-    (parts.join(": ") + hint.unwrap_or("")).replace('\n', " ")
+    let line = (parts.join(": ") + hint.unwrap_or("")).replace('\n', " ");
+    output::clean(&line).into_owned()
 }

@@ -5,6 +5,19 @@ use std::path::PathBuf;
 
 use safetensors::Dtype;
 
+/// Why an input file is not read at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A FIFO, device, socket or directory where a file is expected.
+    #[error("not a regular file ({0})")]
+    NotRegular(&'static str),
+    #[error("file is {size} bytes, more than the {limit}-byte limit for this kind of file")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("not UTF-8 text")]
+    NotUtf8(#[source] std::str::Utf8Error),
+}
+
 /// Why a file is not a readable safetensors file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,6 +37,9 @@ pub enum FormatError {
     /// Another refusal of the `safetensors` crate, in its words (lowercased).
     #[error("{0}")]
     Rejected(String),
+    /// As [`FormatError::Rejected`], with the tensor whose entry is wrong.
+    #[error("tensor `{tensor}`: {reason}")]
+    RejectedTensor { tensor: String, reason: String },
     #[error("not a regular file")]
     NotRegularFile,
     #[error(
@@ -86,6 +102,8 @@ pub enum TensorError {
     LabelCount { labels: usize, rows: usize },
     #[error("negative label {0}")]
     NegativeLabel(i64),
+    #[error("has no rows")]
+    NoRows,
 }
 
 /// How inputs differ.

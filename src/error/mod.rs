@@ -9,11 +9,13 @@
 //! (`--force`, `--spec`, `--steps` …) where they help.
 
 mod inputs;
+mod recipe;
 mod stages;
 
 use std::path::PathBuf;
 
-pub use inputs::{FormatError, IndexError, MismatchError, TensorError};
+pub use inputs::{FormatError, IndexError, MismatchError, ReadError, TensorError};
+pub use recipe::RecipeError;
 pub use stages::{
     AssignmentError, EmaError, ModelError, OutputError, PermError, SpecError, StepError,
     UsageError, WeightsError,
@@ -32,6 +34,15 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+
+    /// A file that cannot be read as an input: not a regular file (a FIFO,
+    /// a device), or a side file over the size limit.
+    #[error("{}: cannot read", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: ReadError,
     },
 
     /// The file is not a readable safetensors file (bad header, truncated, ...).
@@ -108,6 +119,14 @@ pub enum Error {
     #[error(transparent)]
     Steps(#[from] StepError),
 
+    /// A data file that does not fit the model being evaluated.
+    #[error("{}: data does not fit the model", path.display())]
+    Data {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+
     /// A model the MLP evaluator cannot run.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -115,6 +134,14 @@ pub enum Error {
     /// A call that cannot work as asked (no inputs, wrong counts ...).
     #[error(transparent)]
     Usage(#[from] UsageError),
+
+    /// A merge recipe (mergekit YAML) that polymerge cannot run as written.
+    #[error("{}", path.display())]
+    Recipe {
+        path: PathBuf,
+        #[source]
+        source: RecipeError,
+    },
 
     /// The output cannot be written (it exists, its directory is missing ...).
     #[error("{}", path.display())]

@@ -55,8 +55,17 @@ pub enum SpecError {
         start: usize,
         block: usize,
         repeat: usize,
-        need: usize,
+        need: String,
     },
+    #[error("group `{group}`: tensor `{tensor}` has shape {shape:?} and no elements to permute")]
+    Empty {
+        group: String,
+        tensor: String,
+        shape: Vec<usize>,
+    },
+    /// A group that cannot be matched with sane resources.
+    #[error("group `{group}`: {reason}")]
+    Degenerate { group: String, reason: String },
     /// The tensor names are those of a built-in family, but the layout
     /// does not fit it.
     #[error("`{}` looks like a {family} checkpoint but {reason}", checkpoint.display())]
@@ -95,6 +104,13 @@ pub enum PermError {
     },
     #[error("group `{group}` is not a permutation of 0..{size}")]
     NotPermutation { group: String, size: usize },
+    /// The spec stored in the file does not fit the checkpoint.
+    #[error("its spec does not fit `{}`", checkpoint.display())]
+    SpecDoesNotFit {
+        checkpoint: PathBuf,
+        #[source]
+        source: Box<crate::Error>,
+    },
 }
 
 /// Why an assignment problem cannot be solved.
@@ -146,19 +162,27 @@ pub enum WeightsError {
     NotFinite { position: usize, value: f64 },
     #[error("weights sum to zero")]
     SumZero,
+    #[error(
+        "weight {position} is {value:e}, beyond the f32 range the average is computed in (about ±3.4e38)"
+    )]
+    F32Range { position: usize, value: f64 },
+    #[error(
+        "the weights' sum overflows f32, which the average is computed in; scale them down (only their ratios matter)"
+    )]
+    SumRange,
 }
 
 /// An EMA profile or trajectory that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EmaError {
-    #[error("decay must be in (0, 1), got {0}{why}", why = decay_why(*.0))]
+    #[error("decay must be in (0, 1), got {}{why}", num(*.0), why = decay_why(*.0))]
     Decay(f64),
-    #[error("tau must be in (0, 1), got {0}{why}", why = tau_why(*.0))]
+    #[error("tau must be in (0, 1), got {}{why}", num(*.0), why = tau_why(*.0))]
     Tau(f64),
-    #[error("half-life must be a positive number of steps, got {0}")]
+    #[error("half-life must be a positive number of steps, got {}", num(*.0))]
     HalfLife(f64),
-    #[error("half-life {0} steps is out of range (decay rounds to 0 or 1)")]
+    #[error("half-life {} steps is out of range (decay rounds to 0 or 1)", num(*.0))]
     HalfLifeRange(f64),
     #[error("the rational warm-up (1+t)/(10+t) takes no inv-gamma or power")]
     RationalParams,
@@ -184,8 +208,20 @@ pub enum EmaError {
     NotIncreasing { prev: u64, next: u64 },
 }
 
+/// A number as a person reads it: plain when moderate, in scientific
+/// notation when tiny or huge (`1e-320`, not 320 digits).
+fn num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() || (1e-4..1e15).contains(&v.abs()) {
+        v.to_string()
+    } else {
+        format!("{v:e}")
+    }
+}
+
 fn decay_why(beta: f64) -> &'static str {
-    if beta >= 1.0 {
+    if beta > 1.0 {
+        ": β > 1 is not a decay (the average would grow without bound)"
+    } else if beta == 1.0 {
         ": β = 1 never moves the average off the first checkpoint"
     } else if beta == 0.0 {
         ": β = 0 keeps only the last checkpoint (use it directly)"
@@ -195,7 +231,9 @@ fn decay_why(beta: f64) -> &'static str {
 }
 
 fn tau_why(tau: f64) -> &'static str {
-    if tau <= 0.0 && tau.is_finite() {
+    if tau < 0.0 {
+        ": τ < 0 is not a decay (the average would grow without bound)"
+    } else if tau == 0.0 {
         ": τ = 0 never moves the average off the first checkpoint"
     } else if tau == 1.0 {
         ": τ = 1 keeps only the last checkpoint (use it directly)"
@@ -278,6 +316,12 @@ pub enum ModelError {
     Shape(#[from] ndarray::ShapeError),
     #[error("label {label} out of range for {classes} outputs")]
     Label { label: usize, classes: usize },
+    #[error("bias `{tensor}` has shape {shape:?} but its layer has {outputs} outputs")]
+    Bias {
+        tensor: String,
+        shape: Vec<usize>,
+        outputs: usize,
+    },
 }
 
 /// A call that cannot work as asked.
@@ -296,7 +340,7 @@ pub enum UsageError {
     Permutations { given: usize, inputs: usize },
     #[error("{given} initial permutations for {groups} groups")]
     InitialPermutations { given: usize, groups: usize },
-    #[error("a path needs at least 2 points, got {0}")]
+    #[error("a path needs 2 to {max} points, got {0}", max = crate::evaluate::MAX_PATH_POINTS)]
     PathPoints(usize),
 }
 
@@ -310,6 +354,35 @@ pub enum OutputError {
     IsDirectory,
     #[error("directory `{}` does not exist", .0.display())]
     NoDirectory(PathBuf),
+    /// A device node, FIFO or socket: never replaced, even with `--force`.
+    #[error("is {0}; polymerge only replaces regular files and directories")]
+    NotFileOrDirectory(&'static str),
+    #[error("is the input `{}`", .0.display())]
+    IsInput(PathBuf),
+    #[error("is also the checkpoint output `{}`", .0.display())]
+    IsOutput(PathBuf),
+    #[error(
+        "ends with `/` but names a .safetensors file; drop the `/` for a file or choose another name for a directory"
+    )]
+    TrailingSlash,
+    /// No file can be created in the output's directory.
+    #[error("cannot create a file in directory `{}`", dir.display())]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a plot is written as SVG: the path must end in .svg")]
+    NotSvg,
+    #[error("is not a regular file")]
+    NotRegularFile,
+    /// `--force` into an existing directory: something there cannot be
+    /// replaced by the file polymerge writes (checked before anything moves).
+    #[error("cannot replace `{}`: {reason}", .entry.display())]
+    Blocked {
+        entry: PathBuf,
+        reason: &'static str,
+    },
     /// Writing failed, at the target or at a temporary beside it.
     #[error("cannot write{}", temporary.as_ref().map(|t| format!(" (temporary `{}`)", t.display())).unwrap_or_default())]
     Write {

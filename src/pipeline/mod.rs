@@ -1,7 +1,8 @@
 //! The pipeline: inputs → plan → alignment → merge pass with basin sums →
 //! basin gate → output in place, as one builder ([`Merge`]), so that a Rust
-//! program does what `polymerge avg --align` does without the command line. Every command of the binary is a
-//! thin adapter over it (or over [`compare`] for `polymerge basin`).
+//! program does what `polymerge avg --align` does without the command line.
+//! Every command of the binary is a thin adapter over it (or over
+//! [`compare`] for `polymerge basin`).
 //!
 //! Stages, in order, for a [`Merge::run`]:
 //!
@@ -26,16 +27,19 @@ mod compare;
 mod matching;
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::average::{self, Accumulation, MergeInput, MergeOptions, MergeReport};
+use crate::average::{
+    self, Accumulation, CounterRule, MergeInput, MergeOptions, MergeReport, Numerics,
+};
 use crate::basin::{self, Assessment, PairSumsSink, Thresholds, Verdict};
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::stream::ChunkSink;
-use crate::error::{Error, Result, UsageError};
+use crate::error::{Error, OutputError, Result, UsageError};
 use crate::permute::ModelPermutation;
 use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout};
 
@@ -120,9 +124,31 @@ impl Output {
         self
     }
 
-    /// Fails if the output exists and `force` is not set.
+    /// Checks the output before any work: fails if it exists and `force`
+    /// is not set, if it is a device node, FIFO or socket, if a
+    /// `.safetensors` name ends with `/`, or if its directory is missing.
     pub fn refuse_existing(&self) -> Result<()> {
-        write::refuse_existing(self.layout.path(), self.force)
+        let path = self.layout.path();
+        let fail = |source| {
+            Err(Error::Output {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        if matches!(self.layout, OutputLayout::File(_))
+            && path.as_os_str().to_string_lossy().ends_with('/')
+        {
+            return fail(OutputError::TrailingSlash);
+        }
+        write::refuse_existing(path, self.force)?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return fail(OutputError::NoDirectory(parent));
+        }
+        write::probe_directory(&parent, path)
     }
 
     /// The layout, with side files taken from `model_dir` for a directory
@@ -204,9 +230,21 @@ impl<'a> Merge<'a> {
         self
     }
 
+    /// The averaging formula (PyTorch's mean by default, or mergekit's linear).
+    pub fn numerics(mut self, numerics: Numerics) -> Self {
+        self.options.numerics = numerics;
+        self
+    }
+
     /// Make NaN/Inf in the inputs an error instead of a reported count.
     pub fn strict_nonfinite(mut self, strict: bool) -> Self {
         self.options.strict_nonfinite = strict;
+        self
+    }
+
+    /// Which input's integer step counters (`num_batches_tracked`) are kept.
+    pub fn counters(mut self, rule: CounterRule) -> Self {
+        self.options.counters = rule;
         self
     }
 
@@ -247,8 +285,24 @@ impl<'a> Merge<'a> {
         &self.options
     }
 
-    /// Runs every stage and writes `output`.
+    /// Runs every stage and writes `output`. The report carries, besides
+    /// the merge itself, each input's alignment and the basin gate's
+    /// verdicts ([`MergeReport::alignments`], [`MergeReport::basin`]).
     pub fn run(self, output: &Output, observer: &dyn Observer) -> Result<MergeReport> {
+        let recorder = Recorder {
+            inner: observer,
+            alignments: Mutex::new(Vec::new()),
+            basin: Mutex::new(Vec::new()),
+        };
+        let aligned = !matches!(self.align, Align::None);
+        let mut report = self.run_stages(output, &recorder)?;
+        report.aligned = aligned;
+        report.alignments = recorder.alignments.into_inner().unwrap_or_default();
+        report.basin = recorder.basin.into_inner().unwrap_or_default();
+        Ok(report)
+    }
+
+    fn run_stages(self, output: &Output, observer: &dyn Observer) -> Result<MergeReport> {
         output.refuse_existing()?;
         let first = *self.inputs.first().ok_or(UsageError::NoInputs)?;
         let plain: Vec<MergeInput> = self.inputs.iter().map(|c| MergeInput::plain(c)).collect();
@@ -346,6 +400,35 @@ impl<'a> Merge<'a> {
             seconds: seconds + t0.elapsed().as_secs_f64(),
         });
         Ok(())
+    }
+}
+
+/// Forwards every event and keeps what the report needs: the alignment of
+/// each input and the basin gate's verdicts.
+struct Recorder<'o> {
+    inner: &'o dyn Observer,
+    alignments: Mutex<Vec<(usize, crate::alignment::Alignment)>>,
+    basin: Mutex<Vec<((usize, usize), Assessment)>>,
+}
+
+impl Observer for Recorder<'_> {
+    fn event(&self, event: &Event<'_>) {
+        match *event {
+            Event::InputAligned { input, alignment } => {
+                if let Ok(mut v) = self.alignments.lock() {
+                    v.push((input, alignment.clone()));
+                }
+            }
+            Event::BasinPair {
+                pair, assessment, ..
+            } => {
+                if let Ok(mut v) = self.basin.lock() {
+                    v.push((pair, assessment.clone()));
+                }
+            }
+            _ => {}
+        }
+        self.inner.event(event);
     }
 }
 

@@ -70,10 +70,16 @@ fn an_aligned_merge_reports_alignment_then_one_pass_whose_gate_speaks_before_the
     let (a, b) = (mlp("run_seed0.safetensors"), mlp("run_seed1.safetensors"));
     let dir = tempfile::tempdir().unwrap();
     let log = Log::default();
-    Merge::new([&a, &b])
+    let report = Merge::new([&a, &b])
         .align(Align::ToFirst(MatchOptions::default()))
         .run(&Output::at(dir.path().join("m.safetensors")), &log)
         .unwrap();
+    // The report carries what the stages reported.
+    assert!(report.aligned);
+    assert_eq!(report.alignments.len(), 1);
+    assert_eq!(report.alignments[0].0, 1);
+    assert_eq!(report.basin.len(), 1);
+    assert_eq!(report.basin[0].0, (0, 1));
     let events = log.0.into_inner().unwrap();
     assert_eq!(
         events,
@@ -82,7 +88,8 @@ fn an_aligned_merge_reports_alignment_then_one_pass_whose_gate_speaks_before_the
             "end Align",
             "aligned 1",
             "start Merge",
-            "basin (0, 1) connected",
+            // aligned independent runs: related, not close (uncertain)
+            "basin (0, 1) uncertain",
             "basin done 1",
             "end Merge",
         ]
@@ -126,4 +133,56 @@ fn an_existing_output_is_refused_before_any_stage_runs() {
     assert!(matches!(err, Error::Output { .. }), "{err}");
     assert!(log.0.into_inner().unwrap().is_empty());
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+}
+
+/// Records `(phase, "start" | "progress" | "end", bytes)` of the byte phases.
+#[derive(Default)]
+struct Bytes(Mutex<Vec<(Phase, &'static str, u64)>>);
+
+impl Observer for Bytes {
+    fn event(&self, e: &Event<'_>) {
+        let r = match *e {
+            Event::Started { phase, total } => (phase, "start", total.unwrap_or(0)),
+            Event::Progress { phase, done } => (phase, "progress", done),
+            Event::Finished { phase } => (phase, "end", 0),
+            _ => return,
+        };
+        self.0.lock().unwrap().push(r);
+    }
+}
+
+#[test]
+fn an_ema_weighted_merge_with_the_basin_gate_reports_byte_progress_of_one_pass_to_its_total() {
+    let traj: Vec<Checkpoint> = [360, 380, 400]
+        .iter()
+        .map(|s| mlp(&format!("traj/checkpoint-{s}.safetensors")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Bytes::default();
+    Merge::new(traj.iter())
+        .weights(vec![0.2, 0.3, 0.5])
+        .run(&Output::at(dir.path().join("ema.safetensors")), &rec)
+        .unwrap();
+    let ev = rec.0.into_inner().unwrap();
+    let phases: Vec<Phase> = ev.iter().filter(|e| e.1 == "start").map(|e| e.0).collect();
+    // The basin sums come from the merge's reads: no pass of their own.
+    assert_eq!(phases, [Phase::Merge]);
+    // Every tensor is f32: the merge writes 4 bytes per parameter.
+    let params: usize = traj[0]
+        .tensors()
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
+    for (phase, total) in [(Phase::Merge, 4 * params as u64)] {
+        let of: Vec<_> = ev.iter().filter(|e| e.0 == phase).collect();
+        assert_eq!((of[0].1, of[0].2), ("start", total), "{phase:?}");
+        assert_eq!(of.last().unwrap().1, "end");
+        let done: Vec<u64> = of[1..of.len() - 1].iter().map(|e| e.2).collect();
+        assert!(
+            done.len() >= 6,
+            "one report per tensor chunk at least: {done:?}"
+        );
+        assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
+        assert_eq!(*done.last().unwrap(), total, "{phase:?}");
+    }
 }

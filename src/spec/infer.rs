@@ -3,7 +3,8 @@
 //! Recognised here: chains of Linear layers in PyTorch layout (`weight`
 //! `[out, in]`, `bias` `[out]`) and chains of Conv layers (`[out, in, k…]`) with
 //! normalisation layers between them (BatchNorm `running_mean`/`running_var`
-//! follow their channels; `num_batches_tracked` is an integer and untouched),
+//! follow their channels as *buffers*: permuted, but left out of the
+//! matching objective; `num_batches_tracked` is an integer and untouched),
 //! including the flatten from the last conv into the first Linear
 //! (channel-major: each channel is a block of H·W inputs). Layers are taken in
 //! natural order of their names (`layers.2` before `layers.10`, `fc1` before
@@ -26,6 +27,23 @@ const NORM_VECTORS: &[&str] = &["weight", "bias", "running_mean", "running_var"]
 /// come from the `config.json` of the checkpoint's model directory (or the
 /// directory of a single file) when there is one.
 pub fn infer(ckpt: &Checkpoint) -> Result<PermutationSpec> {
+    let mut spec = infer_groups(ckpt)?;
+    spec.mark_running_stats();
+    Ok(spec)
+}
+
+/// BatchNorm running statistics: buffers, not weights (see
+/// [`super::AxisMember::buffer`]).
+pub const RUNNING_STATS: &[&str] = &["running_mean", "running_var"];
+
+/// Whether `tensor` is a BatchNorm running statistic (`….running_mean`,
+/// `….running_var`).
+pub fn is_running_stat(tensor: &str) -> bool {
+    let last = tensor.rsplit('.').next().unwrap_or(tensor);
+    RUNNING_STATS.contains(&last)
+}
+
+fn infer_groups(ckpt: &Checkpoint) -> Result<PermutationSpec> {
     let config = load_config(ckpt)?;
     if let Some(s) = super::families::infer(ckpt, config.as_ref())? {
         return Ok(s);
@@ -61,7 +79,7 @@ pub fn load_config(ckpt: &Checkpoint) -> Result<Option<serde_json::Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::read_side_file(&path)?;
     // A `config.json` that is not a JSON object is not a model config: the
     // transformer families then report that head counts are unknown.
     Ok(serde_json::from_str::<serde_json::Value>(&text)

@@ -33,6 +33,14 @@ use crate::checkpoint::{Checkpoint, dtype};
 use crate::error::{Error, PermError, Result, SpecError, UsageError};
 use crate::permute::{GroupPerms, ModelPermutation, TensorPermutation, is_permutation};
 
+/// Largest similarity matrix (bytes) weight matching builds for a group
+/// whose tensors hold far fewer values than the matrix (see
+/// [`PermutationSpec::validate`]): 256 MiB.
+pub const MAX_SIMILARITY_BYTES: usize = 256 << 20;
+/// Most pairs of groups that may share tensors (Σ over tensors of the
+/// square of the number of groups acting on it).
+pub const MAX_GROUP_PAIRS: usize = 1 << 24;
+
 /// The `format` tag of spec files this version reads and writes.
 pub const SPEC_FORMAT: &str = "polymerge-spec/1";
 /// The `format` tag of permutation files (`--save-perm`, `--perm`).
@@ -46,6 +54,9 @@ fn is_one(v: &usize) -> bool {
 }
 fn is_zero(v: &usize) -> bool {
     *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// One (tensor, axis) a group acts on, with its block layout.
@@ -63,6 +74,13 @@ pub struct AxisMember {
     /// How many times the `size × block` pattern repeats (default 1).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub repeat: usize,
+    /// A buffer (BatchNorm `running_mean`/`running_var`), not a weight:
+    /// permuted with its group but left out of the matching objective and
+    /// of the similarity matrices (running statistics are large, positive
+    /// and alike across runs, so they would dominate what weight matching
+    /// maximises without saying which units compute the same function).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub buffer: bool,
 }
 
 impl AxisMember {
@@ -74,6 +92,7 @@ impl AxisMember {
             start: 0,
             block: 1,
             repeat: 1,
+            buffer: false,
         }
     }
 
@@ -126,6 +145,30 @@ impl PermutationSpec {
         }
     }
 
+    /// Tensors that are members only as buffers ([`AxisMember::buffer`]):
+    /// they are permuted but do not count in the matching objective.
+    pub fn buffer_tensors(&self) -> HashSet<&str> {
+        let members = || self.groups.iter().flat_map(|g| &g.members);
+        let weights: HashSet<&str> = members()
+            .filter(|m| !m.buffer)
+            .map(|m| m.tensor.as_str())
+            .collect();
+        members()
+            .filter(|m| m.buffer && !weights.contains(m.tensor.as_str()))
+            .map(|m| m.tensor.as_str())
+            .collect()
+    }
+
+    /// Marks the members on BatchNorm running statistics
+    /// ([`infer::RUNNING_STATS`]) as buffers.
+    pub fn mark_running_stats(&mut self) {
+        for m in self.groups.iter_mut().flat_map(|g| &mut g.members) {
+            if infer::is_running_stat(&m.tensor) {
+                m.buffer = true;
+            }
+        }
+    }
+
     /// The identity permutation of every group.
     pub fn identity(&self) -> GroupPerms {
         GroupPerms::identity(self.groups.iter().map(|g| g.size))
@@ -137,7 +180,7 @@ impl PermutationSpec {
             path: Some(path.to_path_buf()),
             source: Box::new(source),
         };
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::read_side_file(path)?;
         let spec: PermutationSpec =
             serde_json::from_str(&text).map_err(|e| fail(SpecError::Json(e)))?;
         if spec.format != SPEC_FORMAT {
@@ -178,6 +221,7 @@ impl PermutationSpec {
         let mut names = HashSet::new();
         for g in &self.groups {
             let group = || g.name.clone();
+            let mut values = 0usize;
             if !names.insert(g.name.as_str()) {
                 return fail(SpecError::Duplicate(group()));
             }
@@ -218,20 +262,82 @@ impl PermutationSpec {
                     });
                 }
                 let len = t.shape[m.axis];
-                if m.start + m.span(g.size) > len {
-                    return fail(SpecError::Span {
+                // Numbers come from a file: checked arithmetic, so that a
+                // huge start, block or repeat is an error, not a wrap.
+                let need = m
+                    .repeat
+                    .checked_mul(g.size)
+                    .and_then(|n| n.checked_mul(m.block))
+                    .and_then(|n| n.checked_add(m.start));
+                match need {
+                    Some(need) if need <= len => {}
+                    _ => {
+                        return fail(SpecError::Span {
+                            group: group(),
+                            size: g.size,
+                            tensor: tensor(),
+                            axis: m.axis,
+                            len,
+                            start: m.start,
+                            block: m.block,
+                            repeat: m.repeat,
+                            need: need.map_or("more than 2^64".into(), |n| n.to_string()),
+                        });
+                    }
+                }
+                // An axis of a tensor without elements (shape [2^40, 0])
+                // holds no units to match, whatever its length says.
+                if t.numel() == 0 {
+                    return fail(SpecError::Empty {
                         group: group(),
-                        size: g.size,
                         tensor: tensor(),
-                        axis: m.axis,
-                        len,
-                        start: m.start,
-                        block: m.block,
-                        repeat: m.repeat,
-                        need: m.start + m.span(g.size),
+                        shape: t.shape.clone(),
                     });
                 }
+                values = values.saturating_add(t.numel());
             }
+            // Weight matching holds an n × n f64 similarity matrix per
+            // group: refuse one that dwarfs the weights it is computed from
+            // (real groups hold at least about n² values: n × d_in rows).
+            let matrix = g.size.saturating_mul(g.size);
+            if matrix.saturating_mul(8) > MAX_SIMILARITY_BYTES && matrix / 16 > values {
+                return fail(SpecError::Degenerate {
+                    group: group(),
+                    reason: format!(
+                        "{} units need a {}×{} similarity matrix ({} MiB) but the group's tensors hold only {} values",
+                        g.size,
+                        g.size,
+                        g.size,
+                        matrix.saturating_mul(8) >> 20,
+                        values
+                    ),
+                });
+            }
+        }
+        // Groups sharing a tensor are each other's neighbours in weight
+        // matching (a list per group): thousands of groups on one tensor
+        // make that quadratic.
+        let mut touching: HashMap<&str, HashSet<usize>> = HashMap::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            for m in &g.members {
+                touching.entry(m.tensor.as_str()).or_default().insert(gi);
+            }
+        }
+        let pairs: usize = touching
+            .values()
+            .map(|s| s.len().saturating_mul(s.len()))
+            .fold(0, usize::saturating_add);
+        if pairs > MAX_GROUP_PAIRS
+            && let Some((tensor, set)) = touching.iter().max_by_key(|(_, s)| s.len())
+        {
+            return fail(SpecError::Degenerate {
+                group: self.groups[*set.iter().min().unwrap_or(&0)].name.clone(),
+                reason: format!(
+                    "{} groups act on tensor `{tensor}` ({} pairs of groups share tensors, more than {MAX_GROUP_PAIRS}); merge groups that move the same units",
+                    set.len(),
+                    pairs
+                ),
+            });
         }
         Ok(())
     }
@@ -329,7 +435,7 @@ impl PermFile {
             path: path.to_path_buf(),
             source,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::read_side_file(path)?;
         let f: PermFile = serde_json::from_str(&text).map_err(|e| fail(PermError::Json(e)))?;
         if f.format != PERM_FORMAT {
             return Err(fail(PermError::UnknownFormat(f.format)));

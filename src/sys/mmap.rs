@@ -12,12 +12,15 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, UncheckedAdvice};
 
-use crate::error::{Error, FormatError, Result};
+use crate::error::{Error, Result};
 
 /// A read-only mapping of one file on disk.
 #[derive(Debug)]
 pub struct MappedFile {
     path: PathBuf,
+    /// Names the file if reading the mapping faults (`SIGBUS`); retired
+    /// before the mapping goes (fields drop in declaration order).
+    _registered: Option<super::signals::MappingGuard>,
     map: Mmap,
 }
 
@@ -26,24 +29,23 @@ impl MappedFile {
     /// mapping keeps the file alive), so hundreds of checkpoints can be open
     /// at once without running into the descriptor limit.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        if !meta.is_file() {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                source: FormatError::NotRegularFile,
-            });
-        }
+        let file: File = super::read::open_regular(path)?;
         // SAFETY: the mapping is read-only and private to this process. The
         // usual caveat of file mappings applies: if another process truncates
         // or rewrites the file while it is mapped, reads may fault or see new
         // bytes. polymerge itself never writes to a file it has mapped: outputs
         // go to a fresh temporary file that is renamed over the target, which
         // leaves the mapped inode untouched.
+        // A file that shrinks while mapped raises SIGBUS on the next read of
+        // a page past its new end: the handler in `signals` turns that into
+        // one line naming this file, after removing the temporaries.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let registered = (!map.is_empty())
+            .then(|| super::signals::register_mapping(path, map.as_ptr() as usize, map.len()));
         Ok(Self {
             path: path.to_path_buf(),
             map,
+            _registered: registered,
         })
     }
 

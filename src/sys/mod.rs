@@ -1,7 +1,11 @@
 //! The one module allowed `unsafe` code (the crate is
 //! `#![deny(unsafe_code)]`): operating-system calls on memory maps and file
-//! descriptors ([`mmap`]) and the run-time dispatch of the SIMD kernel
-//! versions ([`simd`]). Every `unsafe` block carries a `// SAFETY:` comment.
+//! descriptors ([`mmap`]), signals ([`signals`]), and the run-time dispatch
+//! of the SIMD kernel versions ([`simd`]). Every `unsafe` block carries a
+//! `// SAFETY:` comment. [`read`] is the gate every input file is opened
+//! through (regular files only, never blocking, side files size-capped).
 
 pub mod mmap;
+pub mod read;
+pub mod signals;
 pub mod simd;

@@ -1,30 +1,16 @@
-//! Filesystem steps around the data: refusing an existing output, copying
-//! side files, atomic replacement of the target, syncing directories.
+//! Filesystem steps around the data: refusing an existing output, atomic
+//! replacement of the target, syncing directories.
 
 use std::fs::{self, File};
 use std::path::Path;
 
 use crate::error::{Error, OutputError, Result};
 
-/// Weight file endings that are not copied from an input model directory.
-const WEIGHT_SUFFIXES: &[&str] = &[
-    ".safetensors",
-    ".safetensors.index.json",
-    ".bin",
-    ".bin.index.json",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".h5",
-    ".msgpack",
-    ".gguf",
-    ".onnx",
-];
-
 /// Fails if `target` exists and `force` is not set. [`super::CheckpointWriter::create`]
 /// checks this too; commands that do expensive work first (alignment) call
 /// it up front so that a user is not told after minutes of work.
 pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
+    check_output_kind(target)?;
     if target.exists() && !force {
         return Err(Error::Output {
             path: target.to_path_buf(),
@@ -34,18 +20,32 @@ pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn copy_side_files(src: &Path, staging: &Path, target: &Path) -> Result<()> {
-    for entry in fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-        let entry = entry.map_err(|e| Error::io(src, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-        if !is_file || name.starts_with('.') || WEIGHT_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            continue;
-        }
-        let to = staging.join(&name);
-        fs::copy(entry.path(), &to).map_err(|e| output_error(target, &to, e))?;
-    }
-    Ok(())
+/// Fails if `target` exists but is neither a regular file nor a directory
+/// (a device node, FIFO or socket, also behind a symbolic link): polymerge
+/// never replaces those, not even with `--force`.
+pub fn check_output_kind(target: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = fs::metadata(target) else {
+        return Ok(());
+    };
+    let t = meta.file_type();
+    let kind = if t.is_file() || t.is_dir() {
+        return Ok(());
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::Output {
+        path: target.to_path_buf(),
+        source: OutputError::NotFileOrDirectory(kind),
+    })
 }
 
 /// Renames a finished temporary file over `target`.
@@ -58,10 +58,13 @@ pub(super) fn replace(temp: &Path, target: &Path) -> Result<()> {
 /// Moves a finished staging directory to `target`, replacing an existing
 /// directory or file there (only reached with `--force`).
 pub(super) fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
+    // A Ctrl-C now waits until the swap is whole (see `swapping`).
+    let _swap = super::swapping();
     if target.exists() {
         // `.NAME.polymerge-tmp-PID` → `.NAME.polymerge-old-PID`: a name of
         // our own, never a user's `.NAME.old` (which would be deleted below).
-        let old = staging.with_extension(format!("polymerge-old-{}", std::process::id()));
+        let name = staging.file_name().unwrap_or_default().to_string_lossy();
+        let old = staging.with_file_name(name.replace(".polymerge-tmp-", ".polymerge-old-"));
         let _ = fs::remove_dir_all(&old);
         fs::rename(target, &old).map_err(|e| Error::io(target, e))?;
         if let Err(e) = fs::rename(staging, target) {
@@ -80,7 +83,7 @@ pub(super) fn replace_dir(staging: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sync_parent(path: &Path) {
+pub(super) fn sync_parent(path: &Path) {
     if let Some(parent) = path.parent() {
         let parent = if parent.as_os_str().is_empty() {
             Path::new(".")
@@ -98,6 +101,18 @@ pub(super) fn output_error(target: &Path, at: &Path, e: std::io::Error) -> Error
         path: target.to_path_buf(),
         source: OutputError::Write {
             temporary: (at != target).then(|| at.to_path_buf()),
+            source: e,
+        },
+    }
+}
+
+/// A temporary could not be created in the output's directory `dir`
+/// (read-only, full, no permission).
+pub(super) fn create_error(target: &Path, dir: &Path, e: std::io::Error) -> Error {
+    Error::Output {
+        path: target.to_path_buf(),
+        source: OutputError::Create {
+            dir: dir.to_path_buf(),
             source: e,
         },
     }

@@ -14,6 +14,10 @@
 mod files;
 mod layout;
 mod shard;
+mod side_files;
+mod small;
+mod swap;
+mod temp;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,12 +28,16 @@ use serde_json::{Map, Value, json};
 
 use crate::checkpoint::INDEX_FILE;
 use crate::error::{Error, OutputError, Result};
-use files::{copy_side_files, output_error, replace, replace_dir};
+use files::{create_error, output_error, replace, replace_dir};
 use layout::{ShardPlan, split_shards};
 use shard::ShardFile;
+use side_files::copy_side_files;
 
-pub use files::refuse_existing;
+pub use files::{check_output_kind, refuse_existing};
 pub use layout::{OutputLayout, TensorPlan};
+pub use side_files::MAX_SIDE_FILE_BYTES;
+pub use small::write_file_atomic;
+pub use temp::{SideOutput, probe_directory, write_atomic};
 
 /// Default largest shard of a directory output: 5 GB, the default of
 /// `transformers`' `save_pretrained(max_shard_size="5GB")` (decimal units).
@@ -42,36 +50,46 @@ pub struct WriteSummary {
     pub files: Vec<PathBuf>,
     pub tensors: usize,
     pub data_bytes: u64,
+    /// Side files of the first input that were not copied and a user may
+    /// miss (weights in a subfolder, oversized files, links leading out).
+    pub notes: Vec<String>,
 }
 
-/// Temporary paths to remove if the process is interrupted (see
-/// [`remove_temporaries`]); the binary calls that from its signal handler.
-static LIVE_TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Held while an existing output is being swapped for the new one, so that
+/// [`remove_temporaries`] (run by the binary's Ctrl-C handler, on its own
+/// thread) waits until the swap is whole instead of interrupting it half-way.
+static SWAP: Mutex<()> = Mutex::new(());
 
-/// Removes every temporary file or directory of writers still in progress.
-/// Meant for a Ctrl-C handler: the process exits right after.
+/// Blocks [`remove_temporaries`] until dropped.
+pub(crate) fn swapping() -> std::sync::MutexGuard<'static, ()> {
+    SWAP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes every temporary file or directory of writers still in progress,
+/// after waiting for a swap in progress to complete. Meant for a Ctrl-C
+/// handler: the process exits right after.
 pub fn remove_temporaries() {
-    if let Ok(list) = LIVE_TEMPORARIES.lock() {
-        for p in list.iter() {
-            if p.is_dir() {
-                let _ = fs::remove_dir_all(p);
-            } else {
-                let _ = fs::remove_file(p);
-            }
+    remove_listed(crate::sys::signals::live_temporaries);
+}
+
+/// Removes the paths `list` returns, once no swap is in progress.
+fn remove_listed(list: impl FnOnce() -> Vec<PathBuf>) {
+    let _swap = swapping();
+    for p in list() {
+        if p.is_dir() {
+            let _ = fs::remove_dir_all(&p);
+        } else {
+            let _ = fs::remove_file(&p);
         }
     }
 }
 
-fn register(p: &Path) {
-    if let Ok(mut l) = LIVE_TEMPORARIES.lock() {
-        l.push(p.to_path_buf());
-    }
+pub(crate) fn register(p: &Path) {
+    crate::sys::signals::register_temporary(p);
 }
 
-fn unregister(p: &Path) {
-    if let Ok(mut l) = LIVE_TEMPORARIES.lock() {
-        l.retain(|x| x != p);
-    }
+pub(crate) fn unregister(p: &Path) {
+    crate::sys::signals::retire_temporary(p);
 }
 
 /// A streaming writer. Feed it the data of every planned tensor, in plan
@@ -88,6 +106,9 @@ pub struct CheckpointWriter {
     file: Option<ShardFile>,
     /// Bytes still expected for the current shard.
     remaining: u64,
+    /// The staging directory sits inside an existing target directory, whose
+    /// files are replaced one by one (see `swap`).
+    in_place: bool,
     finished: bool,
 }
 
@@ -121,11 +142,9 @@ impl CheckpointWriter {
                 source: OutputError::NoDirectory(parent),
             });
         }
-        let base = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "output".into());
-        let temp = parent.join(format!(".{base}.polymerge-tmp-{}", std::process::id()));
+        // `-o DIR --force` over an existing directory stages inside it (see
+        // `swap`); anything else is built beside the target and renamed.
+        let in_place = matches!(layout, OutputLayout::Directory { .. }) && target.is_dir();
         let shards = match &layout {
             OutputLayout::File(_) => vec![ShardPlan {
                 file_name: String::new(),
@@ -137,13 +156,26 @@ impl CheckpointWriter {
                 max_shard_bytes, ..
             } => split_shards(&plans, *max_shard_bytes),
         };
-        if let OutputLayout::Directory { .. } = layout {
-            if temp.exists() {
-                let _ = fs::remove_dir_all(&temp);
+        let (temp, first) = match layout {
+            OutputLayout::Directory { .. } => {
+                let (dir, prefix) = if in_place {
+                    (target.clone(), ".polymerge-tmp-".to_string())
+                } else {
+                    (parent.clone(), temp::prefix_for(&target))
+                };
+                let (_, temp) = temp::create_in(&dir, &prefix, |p| fs::create_dir(p))
+                    .map_err(|e| create_error(&target, &dir, e))?;
+                (temp, None)
             }
-            fs::create_dir(&temp).map_err(|e| output_error(&target, &parent, e))?;
-            register(&temp);
-        }
+            OutputLayout::File(_) => {
+                let bytes = shards[0].data_bytes;
+                let prefix = temp::prefix_for(&target);
+                let (file, temp) =
+                    temp::create_in(&parent, &prefix, |p| ShardFile::create(p, bytes))
+                        .map_err(|e| create_error(&target, &parent, e))?;
+                (temp, Some(file))
+            }
+        };
         let mut writer = Self {
             layout,
             plans,
@@ -153,9 +185,12 @@ impl CheckpointWriter {
             shard: 0,
             file: None,
             remaining: 0,
+            in_place,
             finished: false,
         };
-        writer.open_shard(0).inspect_err(|_| writer.cleanup())?;
+        writer
+            .open_shard(0, first)
+            .inspect_err(|_| writer.cleanup())?;
         Ok(writer)
     }
 
@@ -171,15 +206,18 @@ impl CheckpointWriter {
         }
     }
 
-    fn open_shard(&mut self, i: usize) -> Result<()> {
+    /// Opens shard `i` (or takes the temporary file already created for a
+    /// file output) and writes its header.
+    fn open_shard(&mut self, i: usize, created: Option<ShardFile>) -> Result<()> {
         let path = self.shard_path(i);
         let target = self.layout.path().to_path_buf();
         let data_bytes = self.shards[i].data_bytes;
-        let mut file =
-            ShardFile::create(&path, data_bytes).map_err(|e| output_error(&target, &path, e))?;
-        if matches!(self.layout, OutputLayout::File(_)) {
-            register(&path);
-        }
+        let mut file = match created {
+            Some(f) => f,
+            None => {
+                ShardFile::create(&path, data_bytes).map_err(|e| output_error(&target, &path, e))?
+            }
+        };
         let header = self.header(i)?;
         file.write(&(header.len() as u64).to_le_bytes())
             .and_then(|_| file.write(&header))
@@ -228,7 +266,7 @@ impl CheckpointWriter {
                     return Err(Error::Internal("more tensor data than planned".into()));
                 }
                 self.close_shard()?;
-                self.open_shard(self.shard + 1)?;
+                self.open_shard(self.shard + 1, None)?;
                 continue;
             }
             let n = (self.remaining.min(bytes.len() as u64)) as usize;
@@ -266,7 +304,7 @@ impl CheckpointWriter {
         // Shards after the current one can only be empty (no tensors) here.
         while self.remaining == 0 && self.shard + 1 < self.shards.len() {
             self.close_shard()?;
-            self.open_shard(self.shard + 1)?;
+            self.open_shard(self.shard + 1, None)?;
         }
         if self.remaining != 0 {
             return Err(Error::Internal(format!(
@@ -277,6 +315,7 @@ impl CheckpointWriter {
         self.close_shard()?;
         let target = self.layout.path().to_path_buf();
         let data_bytes: u64 = self.shards.iter().map(|s| s.data_bytes).sum();
+        let mut notes = Vec::new();
         let files = match self.layout.clone() {
             OutputLayout::File(path) => {
                 replace(&self.temp, &path)?;
@@ -305,13 +344,18 @@ impl CheckpointWriter {
                         .map_err(|e| output_error(&target, &index_path, e))?;
                 }
                 if let Some(src) = copy_from {
-                    copy_side_files(&src, &self.temp, &target)?;
+                    notes = copy_side_files(&src, &self.temp, &target)?;
                 }
-                let files = fs::read_dir(&self.temp)
-                    .map_err(|e| Error::io(&self.temp, e))?
-                    .filter_map(|e| e.ok().map(|e| path.join(e.file_name())))
-                    .collect();
-                replace_dir(&self.temp, &path)?;
+                let files = if self.in_place {
+                    swap::swap_into(&self.temp, &path)?
+                } else {
+                    let files = fs::read_dir(&self.temp)
+                        .map_err(|e| Error::io(&self.temp, e))?
+                        .filter_map(|e| e.ok().map(|e| path.join(e.file_name())))
+                        .collect();
+                    replace_dir(&self.temp, &path)?;
+                    files
+                };
                 unregister(&self.temp);
                 files
             }
@@ -322,6 +366,7 @@ impl CheckpointWriter {
             files,
             tensors: self.plans.len(),
             data_bytes,
+            notes,
         })
     }
 

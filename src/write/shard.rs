@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Written bytes after which [`CheckpointWriter`] starts their writeback.
@@ -61,8 +62,10 @@ impl DirectStage {
 }
 
 impl ShardFile {
-    /// Creates (truncates) `path`; `data_bytes` is the planned size of the
-    /// tensor data, to decide whether direct I/O is worth it.
+    /// Creates `path`, which must not exist (`O_EXCL`, and `O_NOFOLLOW` so
+    /// that a symbolic link planted there is never followed); `data_bytes`
+    /// is the planned size of the tensor data, to decide whether direct I/O
+    /// is worth it.
     pub(super) fn create(path: &Path, data_bytes: u64) -> std::io::Result<Self> {
         if data_bytes >= DIRECT_MIN_BYTES
             && let Some(file) = open_direct(path)
@@ -77,7 +80,7 @@ impl ShardFile {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            file: File::create(path)?,
+            file: new_file(path, 0)?,
             direct: None,
             written: 0,
             flushed: 0,
@@ -128,7 +131,10 @@ impl ShardFile {
     pub(super) fn leave_direct(&mut self) -> std::io::Result<()> {
         use std::io::{Seek, SeekFrom};
         if let Some(stage) = self.direct.take() {
-            let mut file = fs::OpenOptions::new().write(true).open(&self.path)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nofollow())
+                .open(&self.path)?;
             file.seek(SeekFrom::Start(stage.pos))?;
             file.write_all(stage.staged())?;
             self.file = file;
@@ -144,17 +150,31 @@ impl ShardFile {
     }
 }
 
-/// Opens `path` for direct I/O, or `None` where that is not available.
-#[cfg(target_os = "linux")]
-fn open_direct(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Creates `path` exclusively, never through a symbolic link.
+fn new_file(path: &Path, flags: i32) -> std::io::Result<File> {
     fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
+        .create_new(true)
+        .custom_flags(flags | nofollow())
         .open(path)
-        .ok()
+}
+
+#[cfg(target_os = "linux")]
+fn nofollow() -> i32 {
+    libc::O_NOFOLLOW
+}
+
+#[cfg(not(target_os = "linux"))]
+fn nofollow() -> i32 {
+    0
+}
+
+/// Creates `path` for direct I/O, or `None` where that is not available
+/// (the file is then not created).
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<File> {
+    let file = new_file(path, libc::O_DIRECT).ok()?;
+    Some(file)
 }
 
 #[cfg(not(target_os = "linux"))]

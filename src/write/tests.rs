@@ -146,3 +146,58 @@ fn an_existing_output_is_refused_without_force() {
     ));
     assert_eq!(fs::read(&out).unwrap(), b"keep me");
 }
+
+#[test]
+fn an_interrupt_during_a_swap_waits_until_the_swap_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let temp = dir.path().join(".out.polymerge-tmp-x");
+    std::fs::write(&temp, b"staged").unwrap();
+    let guard = super::swapping();
+    let t = temp.clone();
+    let remover = std::thread::spawn(move || super::remove_listed(|| vec![t]));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(temp.exists(), "removed while the swap was in progress");
+    assert!(!remover.is_finished());
+    drop(guard);
+    remover.join().unwrap();
+    assert!(!temp.exists(), "not removed after the swap");
+}
+
+#[test]
+fn two_temporaries_for_one_target_get_different_unpredictable_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.safetensors");
+    let make = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+    };
+    let prefix = super::temp::prefix_for(&target);
+    let (_, a) = super::temp::create_in(dir.path(), &prefix, make).unwrap();
+    let (_, b) = super::temp::create_in(dir.path(), &prefix, make).unwrap();
+    assert_ne!(a, b);
+    let pid = format!(".out.safetensors.polymerge-tmp-{}", std::process::id());
+    for p in [&a, &b] {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(".out.safetensors.polymerge-tmp-"),
+            "{name}"
+        );
+        assert_ne!(name, pid);
+        super::unregister(p);
+    }
+}
+
+#[test]
+fn only_model_safetensors_and_numbered_shards_count_as_polymerges_weight_names() {
+    use super::swap::is_weight_name;
+    assert!(is_weight_name("model.safetensors"));
+    assert!(is_weight_name("model-00001-of-00003.safetensors"));
+    assert!(is_weight_name("model-123456-of-123456.safetensors"));
+    assert!(!is_weight_name("model-0001-of-0003.safetensors"));
+    assert!(!is_weight_name("model-00001-of-00003-of-00004.safetensors"));
+    assert!(!is_weight_name("adapter_model.safetensors"));
+    assert!(!is_weight_name("model-0000a-of-00003.safetensors"));
+    assert!(!is_weight_name("../model.safetensors"));
+}

@@ -105,18 +105,27 @@ fn a_narrow_pair_of_independent_seeds_is_disconnected_too() {
 }
 
 #[test]
-fn independent_seeds_after_alignment_are_connected() {
-    // the committed reference alignment (numpy/scipy weight matching)
+fn independent_seeds_after_alignment_are_uncertain_not_connected() {
+    // The committed reference alignment (numpy/scipy weight matching): B
+    // keeps its (aligned) unit order, yet low churn alone proves nothing.
+    // Every large tensor is related, but the compounded shrink (~0.62 over
+    // 3 layers) is below `connected_shrink`: uncertain (the measured
+    // barrier is small, 0.014, but related weights can still sit across a
+    // barrier; the verdict does not claim what only data can show).
     let j = basin(&mlp("run_seed0"), &bas("run_seed1_aligned"), &[]);
-    assert_eq!(verdict(&j), "connected");
+    assert_eq!(verdict(&j), "uncertain");
     assert_eq!(group(&j, "fc1")["churn"], 0.0);
     assert_eq!(group(&j, "fc2")["class"], "same_order");
     assert!(f(&j["summary"]["min_cos"]) > 0.2);
-    // polymerge's own alignment of a narrow pair
+    assert_eq!(j["summary"]["unrelated_tensor_fraction"], 0.0);
+    let shrink = f(&j["summary"]["compounded_midpoint_ratio"]);
+    assert!(shrink < f(&j["thresholds"]["connected_shrink"]), "{shrink}");
+    // polymerge's own alignment of a narrow pair: the same judgement
     let j = basin(&mlp("traj/checkpoint-400"), &bas("w64_seed1"), &["--align"]);
-    assert_eq!(verdict(&j), "connected");
+    assert_eq!(verdict(&j), "uncertain");
     assert_eq!(j["aligned"], true);
     assert_eq!(j["before_alignment"]["summary"]["unrelated_fraction"], 1.0);
+    assert_eq!(j["summary"]["unrelated_tensor_fraction"], 0.0);
 }
 
 #[test]
@@ -136,11 +145,19 @@ fn checkpoints_of_one_run_are_connected_even_when_far_apart() {
     for (a, b) in [
         (mlp("traj/checkpoint-380"), mlp("traj/checkpoint-400")),
         (mlp("traj/checkpoint-20"), mlp("traj/checkpoint-400")),
-        (bas("long_wd/checkpoint-40"), bas("long_wd/checkpoint-4000")),
     ] {
         let j = basin(&a, &b, &[]);
         assert_eq!(verdict(&j), "connected", "{a} {b}: {j}");
     }
+    // Epoch 2 vs 200 of a run with strong weight decay: one basin (barrier
+    // 0.006), but the weights moved so far (compounded shrink ~0.66) that
+    // the data-free verdict stays uncertain, never disconnected.
+    let j = basin(
+        &bas("long_wd/checkpoint-40"),
+        &bas("long_wd/checkpoint-4000"),
+        &[],
+    );
+    assert_eq!(verdict(&j), "uncertain", "{j}");
     // epoch 1 vs 20: the relative distance is as large as between unrelated
     // weights' sqrt(2) in places, but the units keep their order
     let j = basin(&mlp("traj/checkpoint-20"), &mlp("traj/checkpoint-400"), &[]);
@@ -157,8 +174,8 @@ fn the_first_epoch_of_a_long_run_against_its_end_is_uncertain_with_exit_code_4()
     );
     assert_eq!(verdict(&j), "uncertain");
     assert_eq!(group(&j, "fc1")["class"], "partial");
-    // ... while the data-free part alone does not call it disconnected
-    assert_eq!(j["data_free_verdict"], "connected");
+    // ... and the data-free part alone does not call it disconnected
+    assert_eq!(j["data_free_verdict"], "uncertain");
 }
 
 #[test]
@@ -221,7 +238,7 @@ fn human_output_shows_the_tables_and_the_verdict() {
         .stdout(predicate::str::contains("churn"))
         .stdout(predicate::str::contains("verdict: disconnected"))
         .stdout(predicate::str::contains(
-            "naive average would shrink activations",
+            "an average would shrink activations",
         ));
 }
 
@@ -266,7 +283,7 @@ fn tmp() -> tempfile::TempDir {
 }
 
 #[test]
-fn avg_warns_on_the_naive_pair_and_not_on_the_aligned_one_nor_a_fine_tune() {
+fn avg_warns_on_the_naive_pair_notes_the_aligned_one_and_is_silent_on_a_fine_tune() {
     let d = tmp();
     let out = d.path().join("m.safetensors");
     pm().args(["avg", &mlp("run_seed0"), &mlp("run_seed1"), "-o"])
@@ -278,13 +295,31 @@ fn avg_warns_on_the_naive_pair_and_not_on_the_aligned_one_nor_a_fine_tune() {
         .stderr(predicate::str::contains("--align"))
         .stderr(predicate::str::contains("~0.71x"));
     assert!(out.exists());
-    for b in [bas("run_seed1_aligned"), mlp("run_seed0_finetune")] {
-        pm().args(["avg", &mlp("run_seed0"), &b, "--force", "-o"])
-            .arg(&out)
-            .assert()
-            .success()
-            .stderr(predicate::str::contains("basin").not());
-    }
+    // an aligned copy, averaged as stored: uncertain, a note (not a warning)
+    pm().args([
+        "avg",
+        &mlp("run_seed0"),
+        &bas("run_seed1_aligned"),
+        "--force",
+        "-o",
+    ])
+    .arg(&out)
+    .assert()
+    .success()
+    .stderr(predicate::str::contains("note: basin check"))
+    .stderr(predicate::str::contains("uncertain"))
+    .stderr(predicate::str::contains("warning").not());
+    pm().args([
+        "avg",
+        &mlp("run_seed0"),
+        &mlp("run_seed0_finetune"),
+        "--force",
+        "-o",
+    ])
+    .arg(&out)
+    .assert()
+    .success()
+    .stderr(predicate::str::contains("basin").not());
 }
 
 #[test]
@@ -366,10 +401,28 @@ fn avg_with_align_reports_what_remains_after_alignment() {
     .arg(&out)
     .assert()
     .success()
+    .stderr(predicate::str::contains(
+        "warning: basin check after alignment",
+    ))
+    .stderr(predicate::str::contains("uncertain"));
+    // uncertain is not refused by --strict-basin (only disconnected is)
+    assert!(out.exists());
+    // a permuted copy: aligned, it is connected and silent but for the line
+    pm().args([
+        "avg",
+        &mlp("run_seed0"),
+        &mlp("run_seed0_permuted"),
+        "--align",
+        "--strict-basin",
+        "--force",
+        "-o",
+    ])
+    .arg(&out)
+    .assert()
+    .success()
     .stderr(predicate::str::contains("basin check after alignment"))
     .stderr(predicate::str::contains("connected"))
     .stderr(predicate::str::contains("warning").not());
-    assert!(out.exists());
 }
 
 #[test]

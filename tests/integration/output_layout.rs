@@ -299,10 +299,10 @@ fn a_directory_output_from_an_index_json_input_copies_the_config_files_beside_th
 }
 
 #[test]
-fn forcing_a_directory_output_over_an_old_one_replaces_it_and_keeps_no_copy_aside() {
+fn forcing_a_directory_output_over_an_old_one_replaces_its_weights_and_keeps_no_copy_aside() {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("soup")).unwrap();
-    fs::write(dir.path().join("soup/stale.safetensors"), b"old").unwrap();
+    fs::write(dir.path().join("soup/model.safetensors"), b"old").unwrap();
     run_avg(
         dir.path(),
         &[

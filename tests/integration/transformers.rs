@@ -245,6 +245,12 @@ fn resnet_specs_share_stage_channels_with_the_downsample_shortcut() {
     };
     assert!(has(l2, "layer2.0.downsample.0.weight", 0));
     assert!(has(l2, "layer2.0.downsample.1.running_var", 0));
+    // Running statistics are buffers (permuted, not matched on); the
+    // weights of the same norm are not.
+    for m in s.groups.iter().flat_map(|g| &g.members) {
+        let stat = m.tensor.ends_with("running_mean") || m.tensor.ends_with("running_var");
+        assert_eq!(m.buffer, stat, "{}", m.tensor);
+    }
     assert!(has(l2, "layer2.1.conv2.weight", 0));
     assert!(has(l2, "layer3.0.conv1.weight", 1));
     assert!(has(l2, "layer3.0.downsample.0.weight", 1));

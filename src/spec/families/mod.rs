@@ -111,5 +111,6 @@ fn member(t: &str, axis: usize, start: usize, block: usize, repeat: usize) -> Ax
         start,
         block,
         repeat,
+        buffer: false,
     }
 }

@@ -226,11 +226,24 @@ fn layout(
     }))
 }
 
-fn cfg_usize(config: Option<&Value>, keys: &[&str]) -> Option<usize> {
-    let c = config?;
-    keys.iter()
-        .find_map(|k| c.get(*k).and_then(Value::as_u64))
-        .map(|v| v as usize)
+/// The first of `keys` the config sets (`null` counts as unset); a value
+/// that is not a whole number (`-1`, `"4"`, `4.5`) is an error saying so.
+fn cfg_usize(cx: &Ctx, config: Option<&Value>, keys: &[&str]) -> Result<Option<usize>> {
+    let Some(c) = config else { return Ok(None) };
+    for k in keys {
+        match c.get(*k) {
+            None | Some(Value::Null) => continue,
+            Some(v) => {
+                return match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                    Some(n) => Ok(Some(n)),
+                    None => {
+                        Err(cx.fail(format!("config.json `{k}` is {v}; expected a whole number")))
+                    }
+                };
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The weight and bias members of a projection's output axis.
@@ -302,7 +315,7 @@ fn build(
         return Err(cx.fail(format!("`{embed}` is not a matrix")));
     }
     let d = es[1];
-    if let Some(h) = cfg_usize(config, &["hidden_size", "n_embd", "d_model"])
+    if let Some(h) = cfg_usize(&cx, config, &["hidden_size", "n_embd", "d_model"])?
         && h != d
     {
         return Err(cx.fail(format!(
@@ -380,14 +393,19 @@ fn heads(
     d: usize,
     notes: &mut Vec<String>,
 ) -> Result<Option<Heads>> {
-    let Some(h) = cfg_usize(config, &["num_attention_heads", "n_head", "num_heads"]) else {
+    let Some(h) = cfg_usize(cx, config, &["num_attention_heads", "n_head", "num_heads"])? else {
         notes.push(
-            "no config.json with num_attention_heads next to the checkpoint: head and within-head groups are left out (pass a model directory, or write them into a spec)".into(),
+            if config.is_some() {
+                "config.json sets no num_attention_heads: head and within-head groups are left out (write them into a spec)"
+            } else {
+                "no config.json with num_attention_heads next to the checkpoint: head and within-head groups are left out (pass a model directory, or write them into a spec)"
+            }
+            .into(),
         );
         return Ok(None);
     };
-    let kv = cfg_usize(config, &["num_key_value_heads", "n_kv_heads"]).unwrap_or(h);
-    let hd = cfg_usize(config, &["head_dim"]).unwrap_or(d.checked_div(h).unwrap_or(0));
+    let kv = cfg_usize(cx, config, &["num_key_value_heads", "n_kv_heads"])?.unwrap_or(h);
+    let hd = cfg_usize(cx, config, &["head_dim"])?.unwrap_or(d.checked_div(h).unwrap_or(0));
     if h == 0 || kv == 0 || hd == 0 || h % kv != 0 {
         return Err(cx.fail(format!(
             "config.json has {h} attention heads, {kv} KV heads and head_dim {hd}"

@@ -11,6 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+pub mod svg;
+
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -52,8 +54,11 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 /// The `polymerge` binary built for these tests.
+///
+/// `POLYMERGE_TEST_BIN=/path/to/polymerge` runs the tests against another
+/// build (e.g. an older one, to see a regression test fail without its fix).
 pub fn polymerge() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("polymerge").expect("polymerge binary");
+    let mut cmd = assert_cmd::Command::new(polymerge_path());
     // Keep a panic's output (if any) short; exit code 101 is what tests check.
     cmd.env_remove("RUST_BACKTRACE");
     cmd
@@ -61,7 +66,10 @@ pub fn polymerge() -> assert_cmd::Command {
 
 /// Path of the binary, for `std::process::Command` and `sh -c` wrappers.
 pub fn polymerge_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_polymerge"))
+    match std::env::var_os("POLYMERGE_TEST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_polymerge")),
+    }
 }
 
 /// One tensor as raw bytes.
