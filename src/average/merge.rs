@@ -19,17 +19,105 @@ use crate::write::CheckpointWriter;
 /// on while the writer waits for the disk.
 const QUEUE_DEPTH: usize = 8;
 
-/// Runs a planned merge into `writer`, reporting [`Phase::Merge`] progress
-/// (output bytes) to `observer`. With a `sink`, every chunk of every
-/// averaged tensor is handed to it too, from the same reads.
+/// Runs a planned merge into `writer` and puts the output in place,
+/// reporting [`Phase::Merge`] progress (output bytes) to `observer`. With a
+/// `sink`, every chunk of every averaged tensor is handed to it too, from
+/// the same reads.
 pub fn run(
     inputs: &[MergeInput],
     plan: &Plan,
     opts: &MergeOptions,
     writer: CheckpointWriter,
     observer: &dyn Observer,
-    mut sink: Option<&mut dyn ChunkSink>,
+    sink: Option<&mut dyn ChunkSink>,
 ) -> Result<MergeReport> {
+    stream(inputs, plan, opts, writer, observer, sink)?.finish(observer)
+}
+
+/// A merge whose every byte is written to the temporary output, not yet
+/// put in place: [`Pending::finish`] syncs and renames it, dropping it
+/// removes it (what a caller does when a check over the streamed data —
+/// the basin gate's sums — refuses the result).
+pub struct Pending {
+    writer: CheckpointWriter,
+    tensors: usize,
+    params: u64,
+    start: Instant,
+    nonfinite: Vec<NonFinite>,
+    counters: Vec<String>,
+    counter_from: Option<(usize, std::path::PathBuf)>,
+    running_stats: usize,
+}
+
+impl Pending {
+    /// Completes the output (sync, rename into place) and reports the
+    /// merge; ends [`Phase::Merge`].
+    pub fn finish(self, observer: &dyn Observer) -> Result<MergeReport> {
+        let Pending {
+            writer,
+            tensors,
+            params,
+            start,
+            nonfinite,
+            counters,
+            counter_from,
+            running_stats,
+        } = self;
+        let mut notes = Vec::new();
+        let written = writer.finish()?;
+        observer.event(&Event::Finished {
+            phase: Phase::Merge,
+        });
+        for note in &written.notes {
+            observer.event(&Event::Warning(note));
+        }
+        if let Some((from, path)) = counter_from {
+            let which = if from == 0 {
+                "the first input"
+            } else {
+                "the latest checkpoint (last input)"
+            };
+            let shown: Vec<&str> = counters.iter().take(3).map(String::as_str).collect();
+            notes.push(format!(
+                "{} integer counter(s) differ between the inputs ({}{}): kept {which}'s values (`{}`); step counters are taken, not averaged",
+                counters.len(),
+                shown.join(", "),
+                if counters.len() > shown.len() { ", …" } else { "" },
+                path.display()
+            ));
+        }
+        if running_stats > 0 {
+            notes.push(format!(
+                "{running_stats} BatchNorm running statistics tensor(s) (running_mean/running_var) are averages of the inputs' statistics, not the statistics of the merged weights: re-estimate them on training data before use (e.g. torch.optim.swa_utils.update_bn)"
+            ));
+        }
+        Ok(MergeReport {
+            tensors,
+            params,
+            seconds: start.elapsed().as_secs_f64(),
+            written,
+            nonfinite,
+            warnings: Vec::new(),
+            notes,
+            averaged_running_stats: running_stats,
+            alignments: Vec::new(),
+            basin: Vec::new(),
+            aligned: false,
+        })
+    }
+}
+
+/// As [`run`], leaving the output [`Pending`]: every planned tensor
+/// streamed from the inputs into `writer` (and every averaged chunk into
+/// `sink`).
+pub fn stream(
+    inputs: &[MergeInput],
+    plan: &Plan,
+    opts: &MergeOptions,
+    writer: CheckpointWriter,
+    observer: &dyn Observer,
+    mut sink: Option<&mut dyn ChunkSink>,
+) -> Result<Pending> {
     let start = Instant::now();
     let weights32: Vec<f32> = opts.weights.iter().map(|&w| w as f32).collect();
     let sum64: f64 = opts.weights.iter().sum();
@@ -38,7 +126,6 @@ pub fn run(
         Numerics::Mean => LinearWeights::new(&opts.weights, false),
     };
     let mut nonfinite = Vec::new();
-    let mut notes = Vec::new();
     let mut counters: Vec<String> = Vec::new();
     let mut counter_from = None;
     let mut running_stats = 0usize;
@@ -182,44 +269,15 @@ pub fn run(
         let writer = handle.join().expect("writer thread panicked");
         compute.and(writer)
     });
-    let writer = outcome?;
-    let written = writer.finish()?;
-    observer.event(&Event::Finished { phase });
-    for note in &written.notes {
-        observer.event(&Event::Warning(note));
-    }
-    if let Some((from, path)) = counter_from {
-        let which = if from == 0 {
-            "the first input"
-        } else {
-            "the latest checkpoint (last input)"
-        };
-        let shown: Vec<&str> = counters.iter().take(3).map(String::as_str).collect();
-        notes.push(format!(
-            "{} integer counter(s) differ between the inputs ({}{}): kept {which}'s values (`{}`); step counters are taken, not averaged",
-            counters.len(),
-            shown.join(", "),
-            if counters.len() > shown.len() { ", …" } else { "" },
-            path.display()
-        ));
-    }
-    if running_stats > 0 {
-        notes.push(format!(
-            "{running_stats} BatchNorm running statistics tensor(s) (running_mean/running_var) are averages of the inputs' statistics, not the statistics of the merged weights: re-estimate them on training data before use (e.g. torch.optim.swa_utils.update_bn)"
-        ));
-    }
-    Ok(MergeReport {
+    Ok(Pending {
+        writer: outcome?,
         tensors: plan.tensors.len(),
         params,
-        seconds: start.elapsed().as_secs_f64(),
-        written,
+        start,
         nonfinite,
-        warnings: Vec::new(),
-        notes,
-        averaged_running_stats: running_stats,
-        alignments: Vec::new(),
-        basin: Vec::new(),
-        aligned: false,
+        counters,
+        counter_from,
+        running_stats,
     })
 }
 

@@ -45,7 +45,7 @@ use crate::write::{TensorPlan, WriteSummary};
 pub use crate::checkpoint::stream::{CHUNK_ELEMS, MergeInput, SUB_ELEMS};
 pub use chunk::average_slices_f32;
 pub use linear::{LinearWeights, torch_sum_f32, torch_sum_f64};
-pub use merge::run;
+pub use merge::{Pending, run, stream};
 pub use plan::{plan, validate_weights};
 
 /// Precision of the running sum.

@@ -54,7 +54,9 @@ pub use diagnose::{
     diagnose, group_diagnostics, linear_chain,
 };
 pub use sums::{PairSums, PairSumsSink, TensorSums, float_bytes, stream_sums};
-pub use verdict::{ALIGN_ADVICE, Assessment, Verdict, assess, check_pairs, shrink_words};
+pub use verdict::{
+    ALIGN_ADVICE, Assessment, Verdict, assess, check_pairs, judge_pairs, shrink_words,
+};
 
 /// Automatic weight matching (`polymerge basin`) runs up to this many float
 /// parameters.

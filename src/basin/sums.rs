@@ -1,7 +1,9 @@
 //! The f64 sums of a pair of tensors ([`PairSums`]) and the streaming pass
 //! that computes them for every float tensor of the inputs ([`stream_sums`]).
 
+use std::cell::RefCell;
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -9,11 +11,8 @@ use serde::Serialize;
 use crate::checkpoint::dtype;
 use crate::checkpoint::stream::{ChunkSink, Chunks, MergeInput, SUB_ELEMS, TensorSource};
 use crate::error::{MismatchError, Result, UsageError};
+use crate::kernels::{self, SUM_LANES};
 use crate::observe::{Event, Observer, Phase};
-
-/// Independent f64 accumulators in [`PairSums::of`]: 8 lanes fill two AVX2
-/// (or one AVX-512) f64 vector per sum.
-const SUM_LANES: usize = 8;
 
 /// f64 sums over one tensor of a pair.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -30,42 +29,29 @@ pub struct PairSums {
 }
 
 impl PairSums {
-    /// Sums over two equally long slices. When every value is finite (the
-    /// common case) the sums run in `SUM_LANES` independent f64 lanes that
-    /// the compiler vectorises, so the basin check stays memory-bound; the
-    /// lanes are added at the end (this reassociation changes only the last
-    /// bits of the sums). Slices with a NaN/Inf take the element-by-element
-    /// path that leaves the non-finite pairs out.
+    /// Sums over two equally long slices. The whole [`SUM_LANES`] of
+    /// elements are summed in that many independent f64 lanes by the
+    /// vectorised [`kernels::lane_sums`], so the basin check stays
+    /// memory-bound; the lanes are added at the end (this reassociation
+    /// changes only the last bits of the sums). When the lane sums are not
+    /// finite, some element is NaN/Inf: the slices then take the
+    /// element-by-element path that leaves the non-finite pairs out.
     pub fn of(a: &[f32], b: &[f32]) -> Self {
         let n = a.len().min(b.len());
         let (a, b) = (&a[..n], &b[..n]);
-        let finite = a
-            .iter()
-            .zip(b)
-            .fold(true, |ok, (x, y)| ok & x.is_finite() & y.is_finite());
-        if !finite {
+        let [dot, sq_a, sq_b, sq_diff] = kernels::lane_sums(a, b);
+        if !(dot.is_finite() && sq_a.is_finite() && sq_b.is_finite() && sq_diff.is_finite()) {
             return Self::of_checked(a, b);
         }
-        let mut dot = [0f64; SUM_LANES];
-        let mut sq_a = [0f64; SUM_LANES];
-        let mut sq_b = [0f64; SUM_LANES];
-        let mut sq_diff = [0f64; SUM_LANES];
-        let (ca, cb) = (a.chunks_exact(SUM_LANES), b.chunks_exact(SUM_LANES));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (xa, xb) in ca.zip(cb) {
-            for l in 0..SUM_LANES {
-                let (x, y) = (xa[l] as f64, xb[l] as f64);
-                dot[l] += x * y;
-                sq_a[l] += x * x;
-                sq_b[l] += y * y;
-                sq_diff[l] += (x - y) * (x - y);
-            }
+        let whole = n / SUM_LANES * SUM_LANES;
+        let mut s = Self::of_checked(&a[whole..], &b[whole..]);
+        if s.nonfinite > 0 {
+            return Self::of_checked(a, b);
         }
-        let mut s = Self::of_checked(ra, rb);
-        s.dot += dot.iter().sum::<f64>();
-        s.sq_a += sq_a.iter().sum::<f64>();
-        s.sq_b += sq_b.iter().sum::<f64>();
-        s.sq_diff += sq_diff.iter().sum::<f64>();
+        s.dot += dot;
+        s.sq_a += sq_a;
+        s.sq_b += sq_b;
+        s.sq_diff += sq_diff;
         s.numel = n as u64;
         s
     }
@@ -131,6 +117,14 @@ impl PairSums {
     }
 }
 
+thread_local! {
+    /// Per-thread decode buffers of [`PairSumsSink`]: one f32 buffer per
+    /// input taking part and a byte scratch, kept for the life of the thread
+    /// (borrowed only while one work item decodes and sums, which makes no
+    /// rayon calls).
+    static DECODED: RefCell<(Vec<Vec<f32>>, Vec<u8>)> = RefCell::new(Default::default());
+}
+
 /// The sums of one pair for every tensor of a pass: `(name, shape, sums)`.
 pub type TensorSums = Vec<(String, Vec<usize>, PairSums)>;
 
@@ -148,6 +142,8 @@ pub struct PairSumsSink {
     tensor: Option<(String, Vec<usize>)>,
     current: Vec<PairSums>,
     out: Vec<TensorSums>,
+    /// Time spent summing.
+    busy: Duration,
 }
 
 impl PairSumsSink {
@@ -162,7 +158,18 @@ impl PairSumsSink {
             tensor: None,
             current: vec![PairSums::default(); pairs.len()],
             out: vec![Vec::new(); pairs.len()],
+            busy: Duration::ZERO,
         }
+    }
+
+    /// The pairs summed.
+    pub fn pairs(&self) -> &[(usize, usize)] {
+        &self.pairs
+    }
+
+    /// Seconds spent in [`ChunkSink::chunk`] so far.
+    pub fn seconds(&self) -> f64 {
+        self.busy.as_secs_f64()
     }
 
     /// The sums of every tensor, one list per pair.
@@ -178,6 +185,7 @@ impl ChunkSink for PairSumsSink {
     }
 
     fn chunk(&mut self, sources: &[TensorSource<'_>], range: Range<usize>) {
+        let t0 = Instant::now();
         let slot = |i: usize| self.used.iter().position(|&u| u == i).expect("used input");
         let subs: Vec<Range<usize>> = range
             .clone()
@@ -187,20 +195,22 @@ impl ChunkSink for PairSumsSink {
         let parts: Vec<Vec<PairSums>> = subs
             .into_par_iter()
             .map(|r| {
-                let mut scratch = Vec::new();
-                let vals: Vec<Vec<f32>> = self
-                    .used
-                    .iter()
-                    .map(|&i| {
-                        let mut o = Vec::new();
-                        sources[i].decode_f32(r.clone(), &mut o, &mut scratch);
-                        o
-                    })
-                    .collect();
-                self.pairs
-                    .iter()
-                    .map(|&(i, j)| PairSums::of(&vals[slot(i)], &vals[slot(j)]))
-                    .collect()
+                DECODED.with_borrow_mut(|(vals, scratch)| {
+                    vals.resize_with(self.used.len(), Vec::new);
+                    for (v, &i) in vals.iter_mut().zip(&self.used) {
+                        // Every element is overwritten: no need to clear.
+                        if v.len() < r.len() {
+                            v.resize(r.len(), 0.0);
+                        }
+                        sources[i].decode_f32_into(r.clone(), &mut v[..r.len()], scratch);
+                    }
+                    self.pairs
+                        .iter()
+                        .map(|&(i, j)| {
+                            PairSums::of(&vals[slot(i)][..r.len()], &vals[slot(j)][..r.len()])
+                        })
+                        .collect()
+                })
             })
             .collect();
         for part in &parts {
@@ -208,6 +218,7 @@ impl ChunkSink for PairSumsSink {
                 s.add(p);
             }
         }
+        self.busy += t0.elapsed();
     }
 
     fn end(&mut self) {

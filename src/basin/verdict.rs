@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{
     Diagnostics, GroupClass, GroupDiagnostics, Summary, TensorClass, TensorDiagnostics, Thresholds,
 };
-use super::{diagnose, linear_chain, stream_sums};
+use super::{TensorSums, diagnose, linear_chain, stream_sums};
 use crate::average::MergeInput;
 use crate::error::Result;
 use crate::observe::Observer;
@@ -223,13 +223,24 @@ pub fn check_pairs(
     th: &Thresholds,
     observer: &dyn Observer,
 ) -> Result<Vec<(Diagnostics, Assessment)>> {
+    let sums = stream_sums(inputs, pairs, observer)?;
+    Ok(judge_pairs(inputs, sums, th))
+}
+
+/// Diagnostics and data-free verdict per pair from the sums of a pass over
+/// `inputs` (one list per pair, as [`stream_sums`] or a
+/// [`super::PairSumsSink`] fed by another pass returns them).
+pub fn judge_pairs(
+    inputs: &[MergeInput],
+    sums: Vec<TensorSums>,
+    th: &Thresholds,
+) -> Vec<(Diagnostics, Assessment)> {
     let chain = inputs.first().and_then(|i| linear_chain(i.checkpoint));
-    Ok(stream_sums(inputs, pairs, observer)?
-        .into_iter()
+    sums.into_iter()
         .map(|s| {
             let d = diagnose(s, chain.as_deref(), th);
             let a = assess(&d, None, th);
             (d, a)
         })
-        .collect())
+        .collect()
 }

@@ -12,23 +12,26 @@
 //! safetensors file need not be aligned to its element size (the header length
 //! is arbitrary), so nothing here reinterprets `&[u8]` as `&[f32]`.
 //!
-//! The four hot kernels ([`decode_f32`], [`encode_f32`], [`accumulate_f32`],
-//! [`divide_encode_f32`]) are written once as `#[inline(always)]` generic
+//! The hot kernels ([`decode_f32`], [`encode_f32`], [`accumulate_f32`],
+//! [`divide_encode_f32`], and the basin check's [`lane_sums`]) are written once as `#[inline(always)]` generic
 //! bodies (the `*_generic` functions) and compiled for each vector extension
 //! by the run-time dispatch in the crate's one `unsafe` module (`sys::simd`);
 //! every version does the same IEEE operations in the same order, so the
 //! results are bit-identical whichever runs.
 
 mod elements;
+mod sums;
 
 use safetensors::Dtype;
 
 use crate::checkpoint::dtype::size_of;
 use elements::*;
+pub use sums::SUM_LANES;
+pub(crate) use sums::lane_sums_generic;
 
 pub use crate::sys::simd::{
     Isa, accumulate_f32, accumulate_f32_on, decode_f32, decode_f32_on, divide_encode_f32,
-    divide_encode_f32_on, encode_f32, encode_f32_on,
+    divide_encode_f32_on, encode_f32, encode_f32_on, lane_sums, lane_sums_on,
 };
 
 #[inline(always)]

@@ -140,7 +140,7 @@ fn fused_kernels_match_decode_then_add_then_encode() {
     }
 }
 
-/// Checks the four kernels compiled for `isa` against the baseline build
+/// Checks the kernels compiled for `isa` against the baseline build
 /// (the `*_generic` functions called directly), bit for bit, on every
 /// dtype, aligned and unaligned, with NaN payloads, infinities and
 /// subnormals; `dispatch` runs the public (dispatching) kernels instead.
@@ -174,6 +174,28 @@ fn assert_version_gives_the_baseline_bits(isa: Isa, dispatch: bool) {
         true => divide_encode_f32(acc, div, dt, o),
         false => divide_encode_f32_on(isa, acc, div, dt, o),
     };
+    let sums = |a: &[f32], b: &[f32]| match dispatch {
+        true => lane_sums(a, b),
+        false => lane_sums_on(isa, a, b),
+    };
+    // Finite values (5001: a remainder past the whole lanes), then all of
+    // them (NaN, Inf: the sums turn non-finite in every version).
+    let finite: Vec<f32> = vals.iter().copied().filter(|v| v.abs() < 1e30).collect();
+    let shifted: Vec<f32> = finite.iter().rev().map(|v| v * 0.75 - 1e-3).collect();
+    let f64_bits = |s: [f64; 4]| s.map(f64::to_bits);
+    let got = sums(&finite, &shifted);
+    assert!(got.iter().all(|s| s.is_finite()), "{isa:?} lane sums");
+    assert_eq!(
+        f64_bits(got),
+        f64_bits(lane_sums_generic(&finite, &shifted)),
+        "{isa:?} lane sums"
+    );
+    let rev: Vec<f32> = vals.iter().rev().copied().collect();
+    let (s1, s2) = (sums(&vals, &rev), lane_sums_generic(&vals, &rev));
+    assert!(
+        !s1[1].is_finite() && !s2[1].is_finite(),
+        "{isa:?} lane sums"
+    );
     for dt in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
         let w = size_of(dt);
         let mut buf = vec![0u8; 1 + vals.len() * w];

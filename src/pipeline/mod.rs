@@ -1,7 +1,8 @@
-//! The pipeline: inputs → spec → alignment → basin gate → plan → write, as
-//! one builder ([`Merge`]), so that a Rust program does what `polymerge avg
-//! --align` does without the command line. Every command of the binary is a
-//! thin adapter over it (or over [`compare`] for `polymerge basin`).
+//! The pipeline: inputs → plan → alignment → merge pass with basin sums →
+//! basin gate → output in place, as one builder ([`Merge`]), so that a Rust
+//! program does what `polymerge avg --align` does without the command line.
+//! Every command of the binary is a thin adapter over it (or over
+//! [`compare`] for `polymerge basin`).
 //!
 //! Stages, in order, for a [`Merge::run`]:
 //!
@@ -12,11 +13,13 @@
 //!    happens to each tensor;
 //! 3. alignment ([`Align`]): none, weight matching of every input to the
 //!    first, MergeMany, or permutations the caller already has;
-//! 4. the basin gate ([`BasinGate`]): the data-free check of chosen pairs of
-//!    (aligned) inputs, in one streaming pass; a refusing gate stops the run
-//!    with [`Error::BasinRefused`] before anything is written;
-//! 5. the write: the planned tensors streamed from the inputs into the
-//!    output ([`average::run`]).
+//! 4. the merge pass: the planned tensors streamed from the (aligned)
+//!    inputs into a temporary output ([`average::stream`]); the same reads
+//!    feed the basin gate's sums ([`BasinGate`]: the data-free check of
+//!    chosen pairs), so the default gated merge reads its inputs once;
+//! 5. the basin gate's verdict: a refusing gate stops the run with
+//!    [`Error::BasinRefused`] and the temporary output is removed, nothing
+//!    is written; otherwise the output is synced and renamed into place.
 //!
 //! Progress and outcomes of every stage go to an [`Observer`].
 
@@ -33,8 +36,9 @@ use serde_json::json;
 use crate::average::{
     self, Accumulation, CounterRule, MergeInput, MergeOptions, MergeReport, Numerics,
 };
-use crate::basin::{self, Assessment, Thresholds, Verdict};
+use crate::basin::{self, Assessment, PairSumsSink, Thresholds, Verdict};
 use crate::checkpoint::Checkpoint;
+use crate::checkpoint::stream::ChunkSink;
 use crate::error::{Error, OutputError, Result, UsageError};
 use crate::permute::ModelPermutation;
 use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout};
@@ -305,18 +309,26 @@ impl<'a> Merge<'a> {
         let plan = average::plan(&plain, &self.options)?;
         let perms = self.alignment(observer)?;
         let inputs = MergeInput::zip(self.inputs.iter().copied(), &perms);
-        self.check_basin(&inputs, observer)?;
+        let gate_pairs = self.gate_pairs(inputs.len())?;
         for w in &plan.warnings {
             observer.event(&Event::Warning(w));
         }
-        let metadata = average::output_metadata(first, self.description);
+        let metadata = average::output_metadata(first, self.description.clone());
         let writer = CheckpointWriter::create(
             output.layout_for(first.model_dir()),
             plan.tensor_plans(),
             metadata,
             output.force,
         )?;
-        average::run(&inputs, &plan, &self.options, writer, observer, None)
+        // The basin sums come from the merge's own reads (one pass over the
+        // inputs); the output stays a temporary until the gate has spoken.
+        let mut sums = gate_pairs.map(|p| PairSumsSink::new(&p));
+        let sink = sums.as_mut().map(|s| s as &mut dyn ChunkSink);
+        let pending = average::stream(&inputs, &plan, &self.options, writer, observer, sink)?;
+        if let Some(sums) = sums {
+            self.check_basin(&inputs, sums, observer)?;
+        }
+        pending.finish(observer)
     }
 
     /// Stage 3: one permutation (or none) per input.
@@ -341,17 +353,31 @@ impl<'a> Merge<'a> {
         }
     }
 
-    /// Stage 4: the basin gate over the (aligned) inputs.
-    fn check_basin(&self, inputs: &[MergeInput], observer: &dyn Observer) -> Result<()> {
+    /// The pairs the basin gate checks, if it runs (each index checked
+    /// against the `n` inputs).
+    fn gate_pairs(&self, n: usize) -> Result<Option<Vec<(usize, usize)>>> {
         let pairs = match &self.pairs {
             Some(p) => p.clone(),
-            None => (1..inputs.len()).map(|i| (0, i)).collect(),
+            None => (1..n).map(|i| (0, i)).collect(),
         };
-        if self.gate == BasinGate::Off || pairs.is_empty() {
-            return Ok(());
+        if let Some(bad) = pairs.iter().flat_map(|&(i, j)| [i, j]).find(|&i| i >= n) {
+            return Err(UsageError::NoSuchInput(bad).into());
         }
+        Ok((self.gate != BasinGate::Off && !pairs.is_empty()).then_some(pairs))
+    }
+
+    /// Stage 4: the basin gate's verdicts over the (aligned) inputs, from
+    /// the sums the merge pass took.
+    fn check_basin(
+        &self,
+        inputs: &[MergeInput],
+        sums: PairSumsSink,
+        observer: &dyn Observer,
+    ) -> Result<()> {
         let t0 = Instant::now();
-        let results = basin::check_pairs(inputs, &pairs, &self.thresholds, observer)?;
+        let seconds = sums.seconds();
+        let pairs = sums.pairs().to_vec();
+        let results = basin::judge_pairs(inputs, sums.into_sums(), &self.thresholds);
         let mut refused = Vec::new();
         for (&pair, (diagnostics, assessment)) in pairs.iter().zip(&results) {
             observer.event(&Event::BasinPair {
@@ -371,7 +397,7 @@ impl<'a> Merge<'a> {
         }
         observer.event(&Event::BasinDone {
             pairs: pairs.len(),
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: seconds + t0.elapsed().as_secs_f64(),
         });
         Ok(())
     }

@@ -65,7 +65,8 @@ fn a_weighted_merge_writes_pytorchs_bytes() {
 }
 
 #[test]
-fn an_aligned_merge_reports_alignment_then_the_gate_then_the_write() {
+fn an_aligned_merge_reports_alignment_then_one_pass_whose_gate_speaks_before_the_output_is_in_place()
+ {
     let (a, b) = (mlp("run_seed0.safetensors"), mlp("run_seed1.safetensors"));
     let dir = tempfile::tempdir().unwrap();
     let log = Log::default();
@@ -86,26 +87,30 @@ fn an_aligned_merge_reports_alignment_then_the_gate_then_the_write() {
             "start Align",
             "end Align",
             "aligned 1",
-            "start Basin",
-            "end Basin",
+            "start Merge",
             // aligned independent runs: related, not close (uncertain)
             "basin (0, 1) uncertain",
             "basin done 1",
-            "start Merge",
             "end Merge",
         ]
     );
 }
 
 #[test]
-fn a_refusing_gate_stops_before_anything_is_written() {
+fn a_refusing_gate_removes_the_streamed_temporary_so_nothing_is_written() {
     let (a, b) = (mlp("run_seed0.safetensors"), mlp("run_seed1.safetensors"));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.safetensors");
+    let log = Log::default();
     let err = Merge::new([&a, &b])
         .basin_gate(BasinGate::Refuse)
-        .run(&Output::at(&out), &Silent)
+        .run(&Output::at(&out), &log)
         .unwrap_err();
+    // The verdict came from the merge pass's own reads.
+    assert_eq!(
+        log.0.into_inner().unwrap(),
+        ["start Merge", "basin (0, 1) disconnected"]
+    );
     let Error::BasinRefused { pairs } = err else {
         panic!("{err}")
     };
@@ -147,7 +152,7 @@ impl Observer for Bytes {
 }
 
 #[test]
-fn an_ema_weighted_merge_reports_byte_progress_of_the_basin_pass_and_the_merge_to_their_totals() {
+fn an_ema_weighted_merge_with_the_basin_gate_reports_byte_progress_of_one_pass_to_its_total() {
     let traj: Vec<Checkpoint> = [360, 380, 400]
         .iter()
         .map(|s| mlp(&format!("traj/checkpoint-{s}.safetensors")))
@@ -160,18 +165,15 @@ fn an_ema_weighted_merge_reports_byte_progress_of_the_basin_pass_and_the_merge_t
         .unwrap();
     let ev = rec.0.into_inner().unwrap();
     let phases: Vec<Phase> = ev.iter().filter(|e| e.1 == "start").map(|e| e.0).collect();
-    assert_eq!(phases, [Phase::Basin, Phase::Merge]);
-    // Every tensor is f32: the merge writes 4 bytes per parameter, the
-    // basin pass reads the three inputs (each paired with the first).
+    // The basin sums come from the merge's reads: no pass of their own.
+    assert_eq!(phases, [Phase::Merge]);
+    // Every tensor is f32: the merge writes 4 bytes per parameter.
     let params: usize = traj[0]
         .tensors()
         .iter()
         .map(|t| t.shape.iter().product::<usize>())
         .sum();
-    for (phase, total) in [
-        (Phase::Basin, 3 * 4 * params as u64),
-        (Phase::Merge, 4 * params as u64),
-    ] {
+    for (phase, total) in [(Phase::Merge, 4 * params as u64)] {
         let of: Vec<_> = ev.iter().filter(|e| e.0 == phase).collect();
         assert_eq!((of[0].1, of[0].2), ("start", total), "{phase:?}");
         assert_eq!(of.last().unwrap().1, "end");

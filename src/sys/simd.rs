@@ -8,12 +8,16 @@
 //! reassociation), so results are bit-identical. Hot loops are
 //! `#[inline(always)]` functions, not closures, so that they are compiled
 //! into each version. The `*_on` functions run one given version ([`Isa`]),
-//! so tests can check each against the baseline.
+//! so tests can check each against the baseline. The basin check's
+//! [`lane_sums`] has a hand-written AVX2 version (same operations, same
+//! bits).
 
 use safetensors::Dtype;
 
+use crate::kernels::SUM_LANES;
 use crate::kernels::{
     accumulate_f32_generic, decode_f32_generic, divide_encode_f32_generic, encode_f32_generic,
+    lane_sums_generic,
 };
 
 /// A compiled version of the kernels.
@@ -176,4 +180,78 @@ multiversion! {
         dtype: Dtype,
         out: &mut [u8],
     ) = divide_encode_f32_generic;
+}
+
+/// The basin check's f64 sums `[Σ a·b, Σ a², Σ b², Σ (a−b)²]` over the whole
+/// [`SUM_LANES`] of two f32 slices, in that many lanes (all finite exactly
+/// when every element is): `crate::kernels`' generic body, or on a CPU with
+/// AVX2 the same lanes written with AVX2 intrinsics (LLVM does not
+/// vectorise the generic body's eight f64 lanes well: as plain Rust
+/// compiled for AVX2 it runs several times slower than for SSE2).
+pub fn lane_sums(a: &[f32], b: &[f32]) -> [f64; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { lane_sums_avx2(a, b) };
+    }
+    lane_sums_generic(a, b)
+}
+
+/// [`lane_sums`] as run by version `isa` (AVX-512 CPUs run the AVX2
+/// intrinsics). Panics if this CPU cannot run `isa`.
+pub fn lane_sums_on(isa: Isa, a: &[f32], b: &[f32]) -> [f64; 4] {
+    assert!(isa.available(), "{isa:?} is not available on this CPU");
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Baseline && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { lane_sums_avx2(a, b) };
+    }
+    lane_sums_generic(a, b)
+}
+
+/// [`lane_sums_generic`] with AVX2 intrinsics: lanes 0–3 and 4–7 of each
+/// sum in two vectors, the same IEEE operations per lane in the same order
+/// (widen, multiply, add; subtract, multiply, add), lanes added in lane
+/// order at the end, so the bits are the generic body's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lane_sums_avx2(a: &[f32], b: &[f32]) -> [f64; 4] {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len()) / SUM_LANES * SUM_LANES;
+    let z = _mm256_setzero_pd();
+    let (mut d0, mut d1, mut a0, mut a1) = (z, z, z, z);
+    let (mut b0, mut b1, mut s0, mut s1) = (z, z, z, z);
+    for i in (0..n).step_by(SUM_LANES) {
+        let (xa, xb) = (&a[i..i + SUM_LANES], &b[i..i + SUM_LANES]);
+        // SAFETY: `xa` and `xb` hold 8 f32 each; every load reads 4 of
+        // them (unaligned loads, so any alignment is fine).
+        let (x0, x1, y0, y1) = unsafe {
+            (
+                _mm256_cvtps_pd(_mm_loadu_ps(xa.as_ptr())),
+                _mm256_cvtps_pd(_mm_loadu_ps(xa.as_ptr().add(4))),
+                _mm256_cvtps_pd(_mm_loadu_ps(xb.as_ptr())),
+                _mm256_cvtps_pd(_mm_loadu_ps(xb.as_ptr().add(4))),
+            )
+        };
+        d0 = _mm256_add_pd(d0, _mm256_mul_pd(x0, y0));
+        d1 = _mm256_add_pd(d1, _mm256_mul_pd(x1, y1));
+        a0 = _mm256_add_pd(a0, _mm256_mul_pd(x0, x0));
+        a1 = _mm256_add_pd(a1, _mm256_mul_pd(x1, x1));
+        b0 = _mm256_add_pd(b0, _mm256_mul_pd(y0, y0));
+        b1 = _mm256_add_pd(b1, _mm256_mul_pd(y1, y1));
+        let (t0, t1) = (_mm256_sub_pd(x0, y0), _mm256_sub_pd(x1, y1));
+        s0 = _mm256_add_pd(s0, _mm256_mul_pd(t0, t0));
+        s1 = _mm256_add_pd(s1, _mm256_mul_pd(t1, t1));
+    }
+    let lanes = |lo: __m256d, hi: __m256d| {
+        let mut v = [0f64; SUM_LANES];
+        let (l, h) = v.split_at_mut(4);
+        // SAFETY: `l` and `h` hold 4 f64 each, what one unaligned store writes.
+        unsafe {
+            _mm256_storeu_pd(l.as_mut_ptr(), lo);
+            _mm256_storeu_pd(h.as_mut_ptr(), hi);
+        }
+        v.iter().sum::<f64>()
+    };
+    [lanes(d0, d1), lanes(a0, a1), lanes(b0, b1), lanes(s0, s1)]
 }
