@@ -385,7 +385,17 @@ impl<'a> Merge<'a> {
                 diagnostics,
                 assessment,
             });
-            if self.gate == BasinGate::Refuse && assessment.verdict == Verdict::Disconnected {
+            // Averaged as stored, only a disconnected pair is refused (an
+            // uncertain one may well be a fine soup of fine-tunes). After
+            // alignment, weight matching has done what it can: a pair that is
+            // still not connected is refused too (issue 9: "a not-connected
+            // verdict after alignment makes --strict-basin refuse").
+            let refuse = match assessment.verdict {
+                Verdict::Disconnected => true,
+                Verdict::Uncertain => !matches!(self.align, Align::None),
+                Verdict::Connected => false,
+            };
+            if self.gate == BasinGate::Refuse && refuse {
                 refused.push(RefusedPair {
                     pair,
                     assessment: assessment.clone(),
