@@ -156,7 +156,7 @@ fn an_aligned_copy_and_alignment_inside_the_basin_command_get_the_same_verdict()
 fn avg_align_warns_on_a_still_disconnected_pair_even_quiet_and_reports_it_in_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.safetensors");
-    let (a, b) = (format!("{T}/gpt2/seed0"), format!("{T}/gpt2/seed1"));
+    let (a, b) = (format!("{T}/gpt2/seed0"), format!("{T}/gpt2/seed2"));
     let run = pm()
         .args(["avg", &a, &b, "--align", "-q", "--json", "-o"])
         .arg(&out)
@@ -189,7 +189,7 @@ fn avg_align_warns_on_a_still_disconnected_pair_even_quiet_and_reports_it_in_jso
 fn ema_align_with_strict_basin_refuses_a_still_disconnected_pair_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("e.safetensors");
-    let (a, b) = (format!("{T}/gpt2/seed0"), format!("{T}/gpt2/seed1"));
+    let (a, b) = (format!("{T}/gpt2/seed0"), format!("{T}/gpt2/seed2"));
     pm().args(["ema", &a, &b, "--steps", "1,2", "--window", "2"])
         .args(["--align", "--strict-basin", "-q", "-o"])
         .arg(&out)
