@@ -202,6 +202,31 @@ fn ema_align_with_strict_basin_refuses_a_still_disconnected_pair_and_writes_noth
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+#[test]
+fn avg_align_with_strict_basin_refuses_a_pair_still_uncertain_after_alignment() {
+    // GPT-2 seeds 0 and 1: after joint head matching only 1 of 14 large
+    // tensors stays unrelated, so the verdict is uncertain, not
+    // disconnected; the aligned midpoint's loss is still far above the
+    // endpoints' (pairs.json), and a strict merge must not ship it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    let (a, b) = (format!("{T}/gpt2/seed0"), format!("{T}/gpt2/seed1"));
+    pm().args(["avg", &a, &b, "--align", "--strict-basin", "-q", "-o"])
+        .arg(&out)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("uncertain"))
+        .stderr(predicate::str::contains("nothing was written"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Without alignment the same flag refuses only disconnected pairs: a
+    // fine-tune of seed 0 is not refused.
+    let ft = format!("{T}/gpt2/seed0_ft_a");
+    pm().args(["avg", &a, &ft, "--strict-basin", "-q", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+}
+
 /// The value of an I64 scalar tensor of a safetensors file.
 fn i64_scalar(path: &Path, name: &str) -> i64 {
     let f = read_file(path);
