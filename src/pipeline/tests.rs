@@ -173,7 +173,8 @@ fn an_ema_weighted_merge_with_the_basin_gate_reports_byte_progress_of_one_pass_t
         .iter()
         .map(|t| t.shape.iter().product::<usize>())
         .sum();
-    for (phase, total) in [(Phase::Merge, 4 * params as u64)] {
+    let (phase, total) = (Phase::Merge, 4 * params as u64);
+    {
         let of: Vec<_> = ev.iter().filter(|e| e.0 == phase).collect();
         assert_eq!((of[0].1, of[0].2), ("start", total), "{phase:?}");
         assert_eq!(of.last().unwrap().1, "end");
