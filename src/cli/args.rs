@@ -427,7 +427,7 @@ pub struct BasinArgs {
 /// The basin check options of `avg` and `ema`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct CheckArgs {
-    /// Refuse to write (exit 3) when the inputs look disconnected (different basins).
+    /// Refuse to write (exit 3) when the inputs look disconnected (different basins); after --align, also when the aligned pair is still uncertain.
     #[arg(long)]
     pub strict_basin: bool,
     /// Skip the basin check (one streaming pass over the inputs).

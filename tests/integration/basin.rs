@@ -395,7 +395,6 @@ fn avg_with_align_reports_what_remains_after_alignment() {
         &mlp("traj/checkpoint-400"),
         &bas("w64_seed1"),
         "--align",
-        "--strict-basin",
         "-o",
     ])
     .arg(&out)
@@ -405,8 +404,23 @@ fn avg_with_align_reports_what_remains_after_alignment() {
         "warning: basin check after alignment",
     ))
     .stderr(predicate::str::contains("uncertain"));
-    // uncertain is not refused by --strict-basin (only disconnected is)
     assert!(out.exists());
+    // After alignment, --strict-basin refuses what is still not connected,
+    // uncertain included, and writes nothing.
+    let strict = d.path().join("s.safetensors");
+    pm().args([
+        "avg",
+        &mlp("traj/checkpoint-400"),
+        &bas("w64_seed1"),
+        "--align",
+        "--strict-basin",
+        "-o",
+    ])
+    .arg(&strict)
+    .assert()
+    .code(3)
+    .stderr(predicate::str::contains("uncertain"));
+    assert!(!strict.exists());
     // a permuted copy: aligned, it is connected and silent but for the line
     pm().args([
         "avg",
