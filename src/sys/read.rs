@@ -19,7 +19,8 @@ use crate::error::{Error, ReadError, Result};
 /// `config.json`): 256 MiB. A permutation file of a 70 B model is ~20 MB.
 pub const SIDE_FILE_LIMIT: u64 = 256 << 20;
 
-fn kind(meta: &Metadata) -> &'static str {
+/// What a path that is not a regular file is, in words (for errors).
+pub(crate) fn kind(meta: &Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     if t.is_dir() {

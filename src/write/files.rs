@@ -24,24 +24,13 @@ pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
 /// (a device node, FIFO or socket, also behind a symbolic link): polymerge
 /// never replaces those, not even with `--force`.
 pub fn check_output_kind(target: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = fs::metadata(target) else {
         return Ok(());
     };
-    let t = meta.file_type();
-    let kind = if t.is_file() || t.is_dir() {
+    if meta.is_file() || meta.is_dir() {
         return Ok(());
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "not a regular file"
-    };
+    }
+    let kind = crate::sys::read::kind(&meta);
     Err(Error::Output {
         path: target.to_path_buf(),
         source: OutputError::NotFileOrDirectory(kind),
