@@ -66,6 +66,7 @@ pub fn merge_many(
                 max_iter: opts.max_iter,
                 init: Some(perms[i].clone()),
                 restarts: 1,
+                term_cache: opts.term_cache,
             };
             let r = weight_matching(spec, &target, models[i], &sub, &GroupsOnly(observer))?;
             if r.perms != perms[i] {

@@ -46,6 +46,7 @@ mod report;
 pub mod source;
 pub mod start;
 pub mod step;
+pub mod terms;
 
 use std::time::Instant;
 
@@ -61,6 +62,7 @@ pub use report::{Alignment, GroupReport, RestartReport};
 pub use source::{Mean, Permuted, WeightSource, objective};
 pub use start::StartPhase;
 pub use step::{GroupStep, LinearAssignmentStep, Visit, similarity_matrix};
+pub use terms::{DEFAULT_TERM_CACHE_BYTES, TermCache, TermCounts};
 
 use joint::HeadLayout;
 use report::Log;
@@ -87,6 +89,8 @@ pub struct AlignOptions {
     pub init: Option<GroupPerms>,
     /// Descents run in parallel, the best objective kept (at least 1).
     pub restarts: usize,
+    /// Bytes of similarity terms kept between visits ([`terms`]; 0: none).
+    pub term_cache: usize,
 }
 
 impl Default for AlignOptions {
@@ -96,6 +100,7 @@ impl Default for AlignOptions {
             max_iter: DEFAULT_MAX_ITER,
             init: None,
             restarts: DEFAULT_RESTARTS,
+            term_cache: DEFAULT_TERM_CACHE_BYTES,
         }
     }
 }
@@ -110,7 +115,9 @@ pub fn model_permutation(
     spec.model_permutation(&|name: &str| src.shape(name), perms, skip)
 }
 
-/// Weight matching of `b` onto `a`, reported to `observer` as the phase
+/// Weight matching of `b` onto `a` (Algorithm 1's step, its similarity
+/// terms kept between visits within `opts.term_cache` bytes and shared by
+/// the restarts), reported to `observer` as the phase
 /// [`Phase::Align`] with every group visit of the first restart
 /// ([`Event::GroupStarted`] before it, [`Event::GroupVisited`] after it).
 ///
@@ -129,7 +136,9 @@ pub fn weight_matching(
     opts: &AlignOptions,
     observer: &dyn Observer,
 ) -> Result<Alignment> {
-    weight_matching_with(&LinearAssignmentStep, spec, a, b, opts, observer)
+    let cache = TermCache::new(opts.term_cache, opts.restarts.max(1));
+    let step = LinearAssignmentStep::cached(cache);
+    weight_matching_with(&step, spec, a, b, opts, observer)
 }
 
 /// [`weight_matching`] with another group-visit step.
@@ -191,7 +200,7 @@ fn one_descent(
         ..opts.clone()
     };
     if opts.init.is_some() {
-        return descend(steps, spec, a, b, &opts, None, observer);
+        return descend(steps, spec, a, b, &opts, Origin::default(), observer);
     }
     if steps.layouts.is_empty()
         && let Some(tied) = heads::tie_siblings(spec)
@@ -199,7 +208,7 @@ fn one_descent(
         return heads::tied_then_free(&tied, steps.plain, spec, a, b, &opts, observer);
     }
     if !start::anchors(spec) {
-        return descend(steps, spec, a, b, &opts, None, observer);
+        return descend(steps, spec, a, b, &opts, Origin::default(), observer);
     }
     let objective_before = objective_under(spec, a, b, &spec.identity())?;
     let mut rng = SplitMix64(opts.seed);
@@ -209,8 +218,12 @@ fn one_descent(
         init: Some(first.perms),
         ..opts
     };
-    let mut out = descend(steps, spec, a, b, &from, Some(&first.phase), observer)?;
-    out.objective_before = objective_before;
+    let origin = Origin {
+        phase: Some(&first.phase),
+        visits: &first.visits,
+        objective_before: Some(objective_before),
+    };
+    let mut out = descend(steps, spec, a, b, &from, origin, observer)?;
     out.seconds = start.elapsed().as_secs_f64();
     Ok(out)
 }
@@ -283,9 +296,22 @@ impl<'a> Steps<'a> {
             },
             seconds_similarity: t0.elapsed().as_secs_f64(),
             seconds_assignment: 0.0,
+            terms: TermCounts::default(),
         };
         Ok((visit, j.children))
     }
+}
+
+/// What a descent knows of where it starts, besides `opts.init`.
+#[derive(Clone, Copy, Default)]
+struct Origin<'p> {
+    /// How each group's start was found, for the report.
+    phase: Option<&'p [Option<StartPhase>]>,
+    /// The propagation sweep's visits ([`start`]).
+    visits: &'p [start::StartVisit],
+    /// The objective to report as the one before alignment (default:
+    /// under the starting permutations, computed by the descent).
+    objective_before: Option<f64>,
 }
 
 /// Whether a visit's best permutation beats the current one.
@@ -294,21 +320,24 @@ fn improves(v: &Visit) -> bool {
 }
 
 /// Algorithm 1: coordinate descent from `opts.init` (or the identity) until
-/// a sweep improves no group or `opts.max_iter` sweeps have run. `phase`
-/// says how each group's start was found, for the report.
+/// a sweep improves no group or `opts.max_iter` sweeps have run.
 fn descend(
     steps: &Steps,
     spec: &PermutationSpec,
     a: &dyn WeightSource,
     b: &dyn WeightSource,
     opts: &AlignOptions,
-    phase: Option<&[Option<StartPhase>]>,
+    origin: Origin,
     observer: &dyn Observer,
 ) -> Result<Alignment> {
     let start = Instant::now();
     let mut perms = initial_perms(spec, opts)?;
-    let objective_before = objective_under(spec, a, b, &perms)?;
-    let mut log = Log::new(spec, phase);
+    let objective_before = match origin.objective_before {
+        Some(x) => x,
+        None => objective_under(spec, a, b, &perms)?,
+    };
+    let mut log = Log::new(spec, origin.phase);
+    log.started(origin.visits);
     let mut rng = SplitMix64(opts.seed);
     let mut order: Vec<usize> = (0..spec.groups.len()).collect();
     let mut converged = spec.groups.is_empty();
@@ -356,7 +385,15 @@ pub fn descend_plain(
     opts: &AlignOptions,
     observer: &dyn Observer,
 ) -> Result<Alignment> {
-    descend(&Steps::plain(step, spec), spec, a, b, opts, None, observer)
+    descend(
+        &Steps::plain(step, spec),
+        spec,
+        a,
+        b,
+        opts,
+        Origin::default(),
+        observer,
+    )
 }
 
 /// `opts.init` checked against the spec, or the identity.

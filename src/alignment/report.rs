@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::start::StartPhase;
+use super::start::{StartPhase, StartVisit};
 use super::step::Visit;
-use crate::observe::{Event, Observer};
+use crate::observe::{Event, Observer, Silent};
 use crate::permute::GroupPerms;
 use crate::spec::PermutationSpec;
 
@@ -37,6 +37,10 @@ pub struct GroupReport {
     pub start: Option<StartPhase>,
     /// Times the permutation was set by a joint step of its heads group.
     pub joint_updates: usize,
+    /// Member terms of its similarity matrices reused from an earlier visit
+    /// (same permutation of B's tensor), and computed.
+    pub terms_reused: usize,
+    pub terms_computed: usize,
 }
 
 /// One descent of a run with restarts.
@@ -119,6 +123,8 @@ impl<'s> Log<'s> {
                 skipped: 0,
                 start: phase.and_then(|p| p[i]),
                 joint_updates: 0,
+                terms_reused: 0,
+                terms_computed: 0,
             })
             .collect();
         let n = spec.groups.len();
@@ -181,6 +187,8 @@ impl<'s> Log<'s> {
         r.seconds_similarity += visit.seconds_similarity;
         r.seconds_assignment += visit.seconds_assignment;
         r.visits += 1;
+        r.terms_reused += visit.terms.reused;
+        r.terms_computed += visit.terms.computed;
         if accepted {
             self.last_change[g] = self.step;
             r.updates += 1;
@@ -195,6 +203,26 @@ impl<'s> Log<'s> {
             score_before: visit.current,
             score_after: r.score_after,
         });
+    }
+
+    /// Records the propagation sweep of the anchored start, before the
+    /// first sweep (unreported to the observer): its visits count as the
+    /// groups' visits, their time and score included, and its changes as
+    /// changes, so a group whose plain step saw the same neighbours as
+    /// the first sweep would is skipped there (the same matrix and warm
+    /// start would repeat the answer).
+    pub(super) fn started(&mut self, visits: &[StartVisit]) {
+        for v in visits {
+            self.step += 1;
+            if v.plain {
+                self.last_visit[v.group] = Some(self.step);
+            }
+            self.visited(v.group, &v.visit, v.accepted, &Silent);
+            for &c in &v.moved {
+                self.last_change[c] = self.step;
+                self.reports[c].joint_updates += 1;
+            }
+        }
     }
 
     /// Group `c`'s permutation, `old`, replaced by `new` along with the

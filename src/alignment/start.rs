@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 
 use super::source::WeightSource;
+use super::step::Visit;
 use super::{SplitMix64, Steps, improves};
 use crate::assignment;
 use crate::error::Result;
@@ -55,6 +56,22 @@ pub(super) fn anchors(spec: &PermutationSpec) -> bool {
 pub(super) struct Start {
     pub(super) perms: GroupPerms,
     pub(super) phase: Vec<Option<StartPhase>>,
+    /// The propagation sweep's visits, in order.
+    pub(super) visits: Vec<StartVisit>,
+}
+
+/// A visit of the propagation sweep, for the descent's bookkeeping: it
+/// counts as the group's last visit, so the first sweep can skip a group
+/// whose neighbours did not move since (see `Log::started`).
+pub(super) struct StartVisit {
+    pub(super) group: usize,
+    pub(super) visit: Visit,
+    pub(super) accepted: bool,
+    /// Whether it was a plain step (a joint step is not skipped on this
+    /// ground: its alternating inner search may still improve on itself).
+    pub(super) plain: bool,
+    /// Groups moved along by a joint step.
+    pub(super) moved: Vec<usize>,
 }
 
 /// Anchored initialisation, then the propagation sweep. `shuffle` (a
@@ -87,8 +104,13 @@ pub(super) fn anchored_start(
         phase[g] = Some(StartPhase::Anchored);
         known[g] = true;
     }
+    let mut visits = Vec::new();
     if !known.iter().any(|&k| k) {
-        return Ok(Start { perms, phase });
+        return Ok(Start {
+            perms,
+            phase,
+            visits,
+        });
     }
     loop {
         let mut round = Vec::new();
@@ -105,12 +127,24 @@ pub(super) fn anchored_start(
         }
         for g in round {
             let (visit, children) = steps.visit(spec, g, a, b, &perms)?;
-            if improves(&visit) {
-                perms.set(g, visit.best.perm);
+            let accepted = improves(&visit);
+            let mut moved = Vec::new();
+            if accepted {
+                perms.set(g, visit.best.perm.clone());
                 for (c, p) in children {
+                    if perms[c] != p {
+                        moved.push(c);
+                    }
                     perms.set(c, p);
                 }
             }
+            visits.push(StartVisit {
+                group: g,
+                visit,
+                accepted,
+                plain: steps.layout_of(g).is_none(),
+                moved,
+            });
             phase[g] = Some(StartPhase::Propagated);
             known[g] = true;
             if let Some(l) = steps.layout_of(g) {
@@ -120,7 +154,11 @@ pub(super) fn anchored_start(
             }
         }
     }
-    Ok(Start { perms, phase })
+    Ok(Start {
+        perms,
+        phase,
+        visits,
+    })
 }
 
 /// (tensor, axis) → the groups acting on it.

@@ -7,7 +7,10 @@
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use super::source::{ROWS_CHUNK_ELEMS, WeightSource};
+use super::terms::{TermCache, TermCounts};
 use super::{Permuted, model_permutation};
 use crate::assignment::{self, Assignment};
 use crate::error::Result;
@@ -25,6 +28,8 @@ pub struct Visit {
     /// Time building `S`, and solving.
     pub seconds_similarity: f64,
     pub seconds_assignment: f64,
+    /// Similarity terms reused from earlier visits, and computed.
+    pub terms: TermCounts,
 }
 
 /// The visit of one group in a coordinate-descent sweep.
@@ -43,8 +48,19 @@ pub trait GroupStep: Sync {
 
 /// Algorithm 1's step: the group's similarity matrix, then the exact
 /// linear assignment, warm-started from the current permutation.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LinearAssignmentStep;
+/// With a [`TermCache`], member terms computed under the same permutation
+/// in an earlier visit are reused (the same result, less work).
+#[derive(Default)]
+pub struct LinearAssignmentStep {
+    cache: Option<TermCache>,
+}
+
+impl LinearAssignmentStep {
+    /// The step keeping its similarity terms in `cache`.
+    pub fn cached(cache: TermCache) -> Self {
+        Self { cache: Some(cache) }
+    }
+}
 
 impl GroupStep for LinearAssignmentStep {
     fn visit(
@@ -58,7 +74,7 @@ impl GroupStep for LinearAssignmentStep {
         let group = &spec.groups[g];
         let n = group.size;
         let t0 = Instant::now();
-        let s = group_similarity(spec, g, a, b, perms)?;
+        let (s, terms) = cached_group_similarity(spec, g, a, b, perms, self.cache.as_ref())?;
         let t1 = Instant::now();
         let current: f64 = (0..n).map(|i| s[i * n + perms[g][i]]).sum();
         let best = assignment::maximize(&s, n, Some(&perms[g]), &group.name)?;
@@ -68,6 +84,7 @@ impl GroupStep for LinearAssignmentStep {
             best,
             seconds_similarity: (t1 - t0).as_secs_f64(),
             seconds_assignment: (t2 - t1).as_secs_f64(),
+            terms,
         })
     }
 }
@@ -82,17 +99,62 @@ pub fn group_similarity(
     b: &dyn WeightSource,
     perms: &GroupPerms,
 ) -> Result<Vec<f64>> {
+    Ok(cached_group_similarity(spec, g, a, b, perms, None)?.0)
+}
+
+/// [`group_similarity`], reusing and keeping member terms in `cache`
+/// (groups relabelled through later groups are always computed).
+fn cached_group_similarity(
+    spec: &PermutationSpec,
+    g: usize,
+    a: &dyn WeightSource,
+    b: &dyn WeightSource,
+    perms: &GroupPerms,
+    cache: Option<&TermCache>,
+) -> Result<(Vec<f64>, TermCounts)> {
     let others = model_permutation(spec, b, perms, Some(g))?;
     let view = Permuted {
         source: b,
         perm: &others,
     };
     let after = later_maps(spec, g, b, perms)?;
-    if after.iter().all(Option::is_none) {
-        similarity_matrix(spec, g, a, &view)
-    } else {
-        relabelled_similarity(spec, g, a, &view, &after)
+    if !after.iter().all(Option::is_none) {
+        let s = relabelled_similarity(spec, g, a, &view, &after)?;
+        let computed = spec.groups[g].members.iter().filter(|m| !m.buffer).count();
+        return Ok((
+            s,
+            TermCounts {
+                reused: 0,
+                computed,
+            },
+        ));
     }
+    let group = &spec.groups[g];
+    let n = group.size;
+    let mut s = vec![0.0f64; n * n];
+    let mut counts = TermCounts::default();
+    for m in group.members.iter().filter(|m| !m.buffer) {
+        let under = others.get(&m.tensor);
+        let term = match cache.and_then(|c| c.get(m, n, under)) {
+            Some(t) => {
+                counts.reused += 1;
+                t
+            }
+            None => {
+                counts.computed += 1;
+                let t = Arc::new(member_term(a, &view, m, n)?);
+                if let Some(c) = cache {
+                    let numel: usize = a.shape(&m.tensor)?.iter().product();
+                    c.put(m, n, under, numel / n.max(1), Arc::clone(&t));
+                }
+                t
+            }
+        };
+        for (x, y) in s.iter_mut().zip(term.iter()) {
+            *x += *y as f64;
+        }
+    }
+    Ok((s, counts))
 }
 
 /// The `n × n` similarity matrix of group `g` between `a` and `b` (b with the
@@ -108,32 +170,42 @@ pub fn similarity_matrix(
     let n = group.size;
     let mut s = vec![0.0f64; n * n];
     for m in group.members.iter().filter(|m| !m.buffer) {
-        let shape = a.shape(&m.tensor)?;
-        let numel: usize = shape.iter().product();
-        if m.axis == 0 || numel <= ROWS_CHUNK_ELEMS || shape[0] < 2 {
-            let x = a.read(&m.tensor)?;
-            let y = b.read(&m.tensor)?;
-            similarity::accumulate(&mut s, &x, &y, &shape, m, n);
-            continue;
-        }
-        // Stream in chunks of whole axis-0 slices: never a whole f32 copy
-        // of an embedding-sized tensor, for either model.
-        let row: usize = shape[1..].iter().product::<usize>().max(1);
-        let per = (ROWS_CHUNK_ELEMS / row).max(1);
-        let mut acc = vec![0.0f32; n * n];
-        let mut sub = shape.clone();
-        for start in (0..shape[0]).step_by(per) {
-            let rows: Vec<usize> = (start..(start + per).min(shape[0])).collect();
-            let x = a.read_rows(&m.tensor, &rows)?;
-            let y = b.read_rows(&m.tensor, &rows)?;
-            sub[0] = rows.len();
-            similarity::accumulate_f32(&mut acc, &x, &y, &sub, m, n);
-        }
-        for (x, y) in s.iter_mut().zip(&acc) {
-            *x += *y as f64;
+        for (x, y) in s.iter_mut().zip(member_term(a, b, m, n)?) {
+            *x += y as f64;
         }
     }
     Ok(s)
+}
+
+/// One member's term `A_u · B_uᵀ` (`n × n`, f32) of a group of `n` units.
+fn member_term(
+    a: &dyn WeightSource,
+    b: &dyn WeightSource,
+    m: &crate::spec::AxisMember,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let shape = a.shape(&m.tensor)?;
+    let numel: usize = shape.iter().product();
+    let mut acc = vec![0.0f32; n * n];
+    if m.axis == 0 || numel <= ROWS_CHUNK_ELEMS || shape[0] < 2 {
+        let x = a.read(&m.tensor)?;
+        let y = b.read(&m.tensor)?;
+        similarity::accumulate_f32(&mut acc, &x, &y, &shape, m, n);
+        return Ok(acc);
+    }
+    // Stream in chunks of whole axis-0 slices: never a whole f32 copy
+    // of an embedding-sized tensor, for either model.
+    let row: usize = shape[1..].iter().product::<usize>().max(1);
+    let per = (ROWS_CHUNK_ELEMS / row).max(1);
+    let mut sub = shape.clone();
+    for start in (0..shape[0]).step_by(per) {
+        let rows: Vec<usize> = (start..(start + per).min(shape[0])).collect();
+        let x = a.read_rows(&m.tensor, &rows)?;
+        let y = b.read_rows(&m.tensor, &rows)?;
+        sub[0] = rows.len();
+        similarity::accumulate_f32(&mut acc, &x, &y, &sub, m, n);
+    }
+    Ok(acc)
 }
 
 /// For each member of group `g`: the composed map of the groups *after* `g`

@@ -346,3 +346,94 @@ fn buffers_are_permuted_but_never_matched_on() {
     let perm = model_permutation(&spec, &b, &r.perms, None).unwrap();
     assert_eq!(perm.tensors["rv"].axes[0], Some(vec![1, 0]));
 }
+
+/// Two unrelated random MLPs 4 → 8 → 8 → 8 → 2 with biases: the descent
+/// moves every group for several sweeps, so terms go stale and come back.
+fn random_chain() -> (PermutationSpec, Mem, Mem) {
+    let h = 8usize;
+    let layers = [
+        ("w0", [h, 4]),
+        ("w1", [h, h]),
+        ("w2", [h, h]),
+        ("w3", [2, h]),
+    ];
+    let groups = (0..3)
+        .map(|k| PermGroup {
+            name: format!("h{k}"),
+            size: h,
+            kind: None,
+            members: vec![
+                AxisMember::plain(format!("w{k}"), 0),
+                AxisMember::plain(format!("b{k}"), 0),
+                AxisMember::plain(format!("w{}", k + 1), 1),
+            ],
+        })
+        .collect();
+    let model = |seed: u64| {
+        let mut t: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+        for (i, (name, shape)) in layers.iter().enumerate() {
+            let s = seed * 100 + i as u64;
+            t.insert(
+                name.to_string(),
+                (shape.to_vec(), values(shape[0] * shape[1], s)),
+            );
+            t.insert(format!("b{i}"), (vec![shape[0]], values(shape[0], s + 50)));
+        }
+        Mem(t)
+    };
+    (PermutationSpec::new(None, groups), model(1), model(2))
+}
+
+#[test]
+fn kept_similarity_terms_change_no_bit_of_the_result_and_are_reused() {
+    let (spec, a, b) = random_chain();
+    for restarts in [1, 3] {
+        let run = |term_cache: usize| {
+            let opts = AlignOptions {
+                restarts,
+                term_cache,
+                ..AlignOptions::default()
+            };
+            weight_matching(&spec, &a, &b, &opts, &()).unwrap()
+        };
+        let (off, on) = (run(0), run(DEFAULT_TERM_CACHE_BYTES));
+        assert!(
+            off.sweeps >= 3,
+            "a descent of several sweeps: {}",
+            off.sweeps
+        );
+        assert_eq!(on.perms, off.perms);
+        assert_eq!(on.objective_after.to_bits(), off.objective_after.to_bits());
+        for (x, y) in on.groups.iter().zip(&off.groups) {
+            assert_eq!(
+                x.score_after.to_bits(),
+                y.score_after.to_bits(),
+                "{}",
+                x.name
+            );
+            assert_eq!(x.visits, y.visits);
+            // Every visit needs each of its 3 members' terms, kept or not.
+            assert_eq!(x.terms_reused + x.terms_computed, 3 * x.visits);
+            assert_eq!(y.terms_reused, 0);
+        }
+        // Each group's bias term and, for h0, the first layer's rows depend on
+        // no other group: computed once, reused at every later visit.
+        let reused: usize = on.groups.iter().map(|g| g.terms_reused).sum();
+        let visits: usize = on.groups.iter().map(|g| g.visits).sum();
+        assert!(
+            reused >= visits - 3,
+            "{reused} terms reused in {visits} visits"
+        );
+    }
+}
+
+#[test]
+fn a_budget_too_small_for_one_term_computes_every_term() {
+    let (spec, a, b) = random_chain();
+    let opts = AlignOptions {
+        term_cache: 8 * 8 * 4 - 1,
+        ..AlignOptions::default()
+    };
+    let r = weight_matching(&spec, &a, &b, &opts, &()).unwrap();
+    assert!(r.groups.iter().all(|g| g.terms_reused == 0));
+}

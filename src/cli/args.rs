@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use super::values::{
-    ByteSize, StepList, decay_arg, half_life_arg, parse_size, parse_step_list, positive, power_arg,
-    sigma_rel_arg, tau_arg,
+    ByteSize, StepList, decay_arg, half_life_arg, parse_budget, parse_size, parse_step_list,
+    positive, power_arg, sigma_rel_arg, tau_arg,
 };
 
 #[derive(Parser, Debug)]
@@ -280,6 +280,9 @@ pub struct MatchArgs {
     /// Weight-matching descents run in parallel (restart r: seed+r, shuffled propagation); the highest objective is kept.
     #[arg(long, default_value_t = polymerge::alignment::DEFAULT_RESTARTS as u64, value_parser = clap::value_parser!(u64).range(1..1025))]
     pub restarts: u64,
+    /// Memory for similarity terms kept between group visits and reused while their neighbouring groups stay put (same result, less work), e.g. 256MiB, 2GiB; 0 turns it off.
+    #[arg(long, default_value = "256MiB", value_parser = parse_budget)]
+    pub term_cache: ByteSize,
 }
 
 #[derive(Args, Debug)]
@@ -359,6 +362,9 @@ pub struct OutputArgs {
     /// Largest shard of a directory output, e.g. 5GB, 500MB, 2GiB or bytes.
     #[arg(long, default_value = "5GB", value_parser = parse_size)]
     pub max_shard_size: ByteSize,
+    /// Write large shards with direct I/O (O_DIRECT) instead of through the page cache: less CPU where the disk takes direct writes fast, slower where they land in a volatile cache first (virtual disks).
+    #[arg(long)]
+    pub direct_io: bool,
     /// Print a JSON summary on stdout instead of the human one.
     #[arg(long)]
     pub json: bool,

@@ -11,6 +11,7 @@ use polymerge::average::Accumulation;
 use polymerge::ema::{Decay, EmaProfile, Warmup};
 use polymerge::pipeline::{BasinGate, MatchOptions, Output};
 use polymerge::spec::{PermutationSpec, SpecSource};
+use polymerge::write::WriteMode;
 use safetensors::Dtype;
 
 use super::args::{
@@ -63,6 +64,7 @@ impl MatchArgs {
                 max_iter: self.max_iter,
                 init: None,
                 restarts: self.restarts as usize,
+                term_cache: usize::try_from(self.term_cache.0).unwrap_or(usize::MAX),
             },
         })
     }
@@ -84,7 +86,14 @@ impl CheckArgs {
 impl OutputArgs {
     /// The output: layout and `--force`.
     pub fn output(&self) -> Output {
-        Output::new(&self.output, self.max_shard_size.0).force(self.force)
+        let mode = if self.direct_io {
+            WriteMode::Direct
+        } else {
+            WriteMode::PageCache
+        };
+        Output::new(&self.output, self.max_shard_size.0)
+            .force(self.force)
+            .write_mode(mode)
     }
 
     /// No progress bars or notes: `--quiet`, or `--json` (stdout is for JSON).

@@ -54,6 +54,14 @@ pub fn parse_size(s: &str) -> Result<ByteSize, String> {
     Ok(ByteSize(bytes as u64))
 }
 
+/// A memory budget: a size as [`parse_size`] reads it, or `0` for none.
+pub fn parse_budget(s: &str) -> Result<ByteSize, String> {
+    if s.trim() == "0" {
+        return Ok(ByteSize(0));
+    }
+    parse_size(s)
+}
+
 /// Parses `--steps 1000,2000,3000`.
 pub fn parse_step_list(s: &str) -> Result<StepList, String> {
     ema::parse_steps(s).map(StepList).map_err(|e| e.to_string())

@@ -41,7 +41,7 @@ use crate::checkpoint::Checkpoint;
 use crate::checkpoint::stream::ChunkSink;
 use crate::error::{Error, OutputError, Result, UsageError};
 use crate::permute::ModelPermutation;
-use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout};
+use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout, WriteMode};
 
 pub use crate::observe::{Event, Observer, Phase, Silent};
 pub use compare::{Compare, Comparison, MatchingSkipped, WhenMatching, compare};
@@ -100,6 +100,8 @@ pub struct RefusedPair {
 pub struct Output {
     pub layout: OutputLayout,
     pub force: bool,
+    /// How large shards reach the disk.
+    pub write_mode: WriteMode,
 }
 
 impl Output {
@@ -110,6 +112,7 @@ impl Output {
         Self {
             layout: OutputLayout::infer(path.as_ref(), max_shard_bytes, None),
             force: false,
+            write_mode: WriteMode::default(),
         }
     }
 
@@ -121,6 +124,12 @@ impl Output {
     /// Allows replacing an existing output (even one of the inputs).
     pub fn force(mut self, force: bool) -> Self {
         self.force = force;
+        self
+    }
+
+    /// Writes large shards in `mode` (default: through the page cache).
+    pub fn write_mode(mut self, mode: WriteMode) -> Self {
+        self.write_mode = mode;
         self
     }
 
@@ -314,11 +323,12 @@ impl<'a> Merge<'a> {
             observer.event(&Event::Warning(w));
         }
         let metadata = average::output_metadata(first, self.description.clone());
-        let writer = CheckpointWriter::create(
+        let writer = CheckpointWriter::create_with(
             output.layout_for(first.model_dir()),
             plan.tensor_plans(),
             metadata,
             output.force,
+            output.write_mode,
         )?;
         // The basin sums come from the merge's own reads (one pass over the
         // inputs); the output stays a temporary until the gate has spoken.

@@ -8,8 +8,9 @@
 //! renamed into place only once complete and synced; on any error, or when the
 //! writer is dropped unfinished, the temporaries are removed. A target that is
 //! also an input keeps its old inode alive (it stays mapped) until the rename.
-//! Large shards are written with direct I/O where the filesystem allows it
-//! (see `ShardFile`), so writing costs little CPU and no page cache.
+//! Large shards go through the page cache with writeback started every
+//! 32 MiB, or with [`WriteMode::Direct`] by direct I/O where the filesystem
+//! allows it (see `ShardFile`).
 
 mod files;
 mod layout;
@@ -92,6 +93,27 @@ pub(crate) fn unregister(p: &Path) {
     crate::sys::signals::retire_temporary(p);
 }
 
+/// How the data of large shards reaches the disk.
+///
+/// Measured side by side (`scripts/bench_avg.py`, the 0.98 GB bf16 pair,
+/// medians of 3): on a virtio disk whose direct writes complete into the
+/// host's write cache, the final `fsync` of a direct-written file waited for
+/// the whole write-out (1.76 s, `strace -T`) and `avg` took 2.74–3.55 s
+/// against 2.45–2.50 s through the page cache, at the same CPU time; on an
+/// earlier machine whose disk took direct writes at 1.3 GB/s the two had the
+/// same median wall and direct I/O used 20% less CPU
+/// (`docs/bench-avg.md`). The page cache is the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Through the page cache, writeback started every 32 MiB so the final
+    /// `fsync` has little left.
+    #[default]
+    PageCache,
+    /// Direct I/O (`O_DIRECT`, 8 MiB aligned blocks) for shards of 16 MiB
+    /// or more, where the filesystem allows it; the page cache otherwise.
+    Direct,
+}
+
 /// A streaming writer. Feed it the data of every planned tensor, in plan
 /// order, with [`CheckpointWriter::write`], then call
 /// [`CheckpointWriter::finish`].
@@ -110,6 +132,7 @@ pub struct CheckpointWriter {
     /// files are replaced one by one (see `swap`).
     in_place: bool,
     finished: bool,
+    mode: WriteMode,
 }
 
 impl CheckpointWriter {
@@ -121,6 +144,17 @@ impl CheckpointWriter {
         plans: Vec<TensorPlan>,
         metadata: BTreeMap<String, String>,
         force: bool,
+    ) -> Result<Self> {
+        Self::create_with(layout, plans, metadata, force, WriteMode::default())
+    }
+
+    /// [`CheckpointWriter::create`] writing large shards in `mode`.
+    pub fn create_with(
+        layout: OutputLayout,
+        plans: Vec<TensorPlan>,
+        metadata: BTreeMap<String, String>,
+        force: bool,
+        mode: WriteMode,
     ) -> Result<Self> {
         let target = layout.path().to_path_buf();
         refuse_existing(&target, force)?;
@@ -171,7 +205,7 @@ impl CheckpointWriter {
                 let bytes = shards[0].data_bytes;
                 let prefix = temp::prefix_for(&target);
                 let (file, temp) =
-                    temp::create_in(&parent, &prefix, |p| ShardFile::create(p, bytes))
+                    temp::create_in(&parent, &prefix, |p| ShardFile::create(p, bytes, mode))
                         .map_err(|e| create_error(&target, &parent, e))?;
                 (temp, Some(file))
             }
@@ -187,6 +221,7 @@ impl CheckpointWriter {
             remaining: 0,
             in_place,
             finished: false,
+            mode,
         };
         writer
             .open_shard(0, first)
@@ -214,9 +249,8 @@ impl CheckpointWriter {
         let data_bytes = self.shards[i].data_bytes;
         let mut file = match created {
             Some(f) => f,
-            None => {
-                ShardFile::create(&path, data_bytes).map_err(|e| output_error(&target, &path, e))?
-            }
+            None => ShardFile::create(&path, data_bytes, self.mode)
+                .map_err(|e| output_error(&target, &path, e))?,
         };
         let header = self.header(i)?;
         file.write(&(header.len() as u64).to_le_bytes())

@@ -1,18 +1,20 @@
-//! One shard file, appended to strictly sequentially, with direct I/O
-//! where the filesystem allows it.
+//! One shard file, appended to strictly sequentially, through the page cache
+//! with early writeback, or with direct I/O where the filesystem allows it.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::WriteMode;
+
 /// Written bytes after which [`CheckpointWriter`] starts their writeback.
 const WRITEBACK_BYTES: u64 = 32 << 20;
 
 /// The file of the shard being written, appended to strictly sequentially.
 ///
-/// Where it can (Linux, a filesystem that supports it), the data goes to disk
-/// with direct I/O (`O_DIRECT`): whole [`DIRECT_BLOCK`]s staged in an aligned
+/// With [`WriteMode::Direct`], where it can (Linux, a filesystem that
+/// supports it), the data goes to disk with direct I/O (`O_DIRECT`): whole [`DIRECT_BLOCK`]s staged in an aligned
 /// buffer and written straight from it, bypassing the page cache. Writing a
 /// checkpoint through the page cache costs about as much CPU as averaging it
 /// (allocating, filling and later writing back a page-cache page per 4 KiB,
@@ -65,9 +67,10 @@ impl ShardFile {
     /// Creates `path`, which must not exist (`O_EXCL`, and `O_NOFOLLOW` so
     /// that a symbolic link planted there is never followed); `data_bytes`
     /// is the planned size of the tensor data, to decide whether direct I/O
-    /// is worth it.
-    pub(super) fn create(path: &Path, data_bytes: u64) -> std::io::Result<Self> {
-        if data_bytes >= DIRECT_MIN_BYTES
+    /// (if `mode` asks for it) is worth it.
+    pub(super) fn create(path: &Path, data_bytes: u64, mode: WriteMode) -> std::io::Result<Self> {
+        if mode == WriteMode::Direct
+            && data_bytes >= DIRECT_MIN_BYTES
             && let Some(file) = open_direct(path)
         {
             return Ok(Self {

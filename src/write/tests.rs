@@ -1,5 +1,6 @@
 //! Tests of shard splitting, headers, direct I/O and cleanup.
 
+use super::WriteMode;
 use super::layout::split_shards;
 use super::shard::{DIRECT_BLOCK, ShardFile};
 use super::*;
@@ -64,28 +65,31 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 #[test]
-fn a_large_shard_written_in_odd_pieces_reads_back_exactly() {
+fn a_large_shard_written_in_odd_pieces_reads_back_exactly_in_either_mode() {
     // 20 MiB + 4 bytes of data: above DIRECT_MIN_BYTES (direct I/O where
     // the filesystem supports it), not a multiple of the block size.
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("x.safetensors");
-    let n = (5 << 20) + 1;
-    let mut w = CheckpointWriter::create(
-        OutputLayout::File(out.clone()),
-        vec![plan("big", n)],
-        BTreeMap::new(),
-        false,
-    )
-    .unwrap();
-    let data = pattern(4 * n);
-    for piece in data.chunks((1 << 20) + 7) {
-        w.write(piece).unwrap();
+    for mode in [WriteMode::PageCache, WriteMode::Direct] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.safetensors");
+        let n = (5 << 20) + 1;
+        let mut w = CheckpointWriter::create_with(
+            OutputLayout::File(out.clone()),
+            vec![plan("big", n)],
+            BTreeMap::new(),
+            false,
+            mode,
+        )
+        .unwrap();
+        let data = pattern(4 * n);
+        for piece in data.chunks((1 << 20) + 7) {
+            w.write(piece).unwrap();
+        }
+        w.finish().unwrap();
+        let bytes = fs::read(&out).unwrap();
+        let h = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(bytes.len(), 8 + h + data.len(), "{mode:?}");
+        assert!(bytes[8 + h..] == data[..], "data differs ({mode:?})");
     }
-    w.finish().unwrap();
-    let bytes = fs::read(&out).unwrap();
-    let h = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    assert_eq!(bytes.len(), 8 + h + data.len());
-    assert!(bytes[8 + h..] == data[..], "data differs");
 }
 
 #[test]
@@ -95,7 +99,7 @@ fn a_shard_that_leaves_direct_io_midway_is_still_exact() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.bin");
     let data = pattern(3 * DIRECT_BLOCK + 12345);
-    let mut f = ShardFile::create(&path, data.len() as u64).unwrap();
+    let mut f = ShardFile::create(&path, data.len() as u64, WriteMode::Direct).unwrap();
     let (a, rest) = data.split_at(DIRECT_BLOCK + 999);
     let (b, c) = rest.split_at(DIRECT_BLOCK);
     f.write(a).unwrap();
