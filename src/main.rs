@@ -18,7 +18,13 @@ fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("polymerge: error: {}", cli::one_line(&err));
+            // Written without `eprintln!`, which would panic on a full stderr.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "polymerge: error: {}",
+                cli::one_line(&err)
+            );
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

@@ -87,7 +87,7 @@ pub fn align(a: AlignArgs) -> anyhow::Result<ExitCode> {
         print_line(j)?;
     } else if !a.out.quiet {
         print_alignment(&r);
-        eprintln!(
+        say!(
             "wrote {}",
             clean(&report.written.path.display().to_string())
         );

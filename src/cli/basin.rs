@@ -119,7 +119,7 @@ pub fn run(a: BasinArgs) -> anyhow::Result<ExitCode> {
         o.push('\n');
         print_verdict(&mut o, &c.assessment);
         print_stdout(&o)?;
-        eprintln!(
+        say!(
             "basin check: {:.2} s ({:.2} s streaming pass)",
             start.elapsed().as_secs_f64(),
             c.check_seconds

@@ -102,7 +102,7 @@ impl Console {
             )),
             Verdict::Uncertain => {
                 if !self.quiet {
-                    eprintln!(
+                    say!(
                         "polymerge: note: basin check{after}: {pair}: uncertain: {}",
                         clean(&reasons)
                     );
@@ -110,7 +110,7 @@ impl Console {
             }
             Verdict::Connected => {
                 if gate.aligned && !self.quiet {
-                    eprintln!("basin check{after}: {pair}: connected: {}", clean(&reasons));
+                    say!("basin check{after}: {pair}: connected: {}", clean(&reasons));
                 }
             }
         }
@@ -171,10 +171,10 @@ impl Observer for Console {
                 ))
             }),
             Event::MergeManyDone { rounds, seconds } if !self.quiet => {
-                eprintln!("MergeMany: {rounds} round(s), {seconds:.2} s");
+                say!("MergeMany: {rounds} round(s), {seconds:.2} s");
             }
             Event::InputAligned { input, alignment } if !self.quiet => {
-                eprintln!("aligned input {} to input 1:", input + 1);
+                say!("aligned input {} to input 1:", input + 1);
                 print_alignment(alignment);
             }
             Event::BasinPair {
@@ -183,7 +183,7 @@ impl Observer for Console {
                 assessment,
             } => self.basin_pair(pair, diagnostics, assessment),
             Event::BasinDone { pairs, seconds } if !self.quiet && seconds > 1.0 => {
-                eprintln!("basin check: {pairs} pair(s) in {seconds:.2} s");
+                say!("basin check: {pairs} pair(s) in {seconds:.2} s");
             }
             Event::Warning(w) => warn(w),
             _ => {}
@@ -206,7 +206,7 @@ pub fn refusal(pairs: &[RefusedPair], gate: &GateText) -> std::process::ExitCode
     let after = if gate.aligned { " after alignment" } else { "" };
     for p in pairs {
         let (i, j) = p.pair;
-        eprintln!(
+        say!(
             "polymerge: error: basin check{after}: {} vs {}: disconnected: {}; {}",
             gate.labels[j],
             gate.labels[i],
@@ -214,7 +214,7 @@ pub fn refusal(pairs: &[RefusedPair], gate: &GateText) -> std::process::ExitCode
             advice(gate.aligned)
         );
     }
-    eprintln!("polymerge: error: refusing to write (--strict-basin); nothing was written");
+    say!("polymerge: error: refusing to write (--strict-basin); nothing was written");
     std::process::ExitCode::from(super::EXIT_DISCONNECTED)
 }
 
@@ -258,7 +258,7 @@ pub fn print_alignment(r: &Alignment) {
         .max()
         .unwrap_or(5)
         .max(5);
-    eprintln!(
+    say!(
         "{}  {:>6}  {:>13}  {:>13}  {:>7}  {:>6}",
         pad("group", width),
         "units",
@@ -268,7 +268,7 @@ pub fn print_alignment(r: &Alignment) {
         "time"
     );
     for g in &r.groups {
-        eprintln!(
+        say!(
             "{}  {:>6}  {:>13.6e}  {:>13.6e}  {:>6.1}%  {:>5.2}s",
             pad(&clean(&g.name), width),
             g.size,
@@ -283,7 +283,7 @@ pub fn print_alignment(r: &Alignment) {
     } else {
         0.0
     };
-    eprintln!(
+    say!(
         "objective {:.6e} -> {:.6e} ({gain:+.2}%), {} sweep(s){}, {:.2} s",
         r.objective_before,
         r.objective_after,

@@ -54,17 +54,17 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
         .map(|(s, w)| json!({"path": s.path.display().to_string(), "step": s.step, "weight": w}))
         .collect();
     if a.print_weights || a.dry_run {
-        eprintln!("{profile}");
-        eprintln!("{:>12}  {:>12}  path", "step", "weight");
+        say!("{profile}");
+        say!("{:>12}  {:>12}  path", "step", "weight");
         for (s, w) in order.iter().zip(&weights) {
-            eprintln!(
+            say!(
                 "{:>12}  {:>12.6e}  {}",
                 s.step,
                 w,
                 clean(&s.path.display().to_string())
             );
         }
-        eprintln!(
+        say!(
             "effective half-life: {:.2} checkpoints",
             ema::effective_half_life_checkpoints(&weights)
         );
@@ -125,7 +125,7 @@ pub fn run(a: EmaArgs) -> anyhow::Result<ExitCode> {
     warn_nonfinite(&report.nonfinite);
     plot()?;
     if a.out.json && a.print_weights {
-        eprintln!("{}", json!({"weights": rows}));
+        say!("{}", json!({"weights": rows}));
     }
     summarize("ema of", &a.out, &report, used.len())?;
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,16 @@
 //! library's pipeline, with progress from its events ([`console`]) and
 //! human or `--json` summaries ([`output`]).
 
+/// `eprintln!` that never panics: a line that cannot be written to stderr
+/// (closed, or `2>/dev/full`) is dropped; the exit code still tells how the
+/// run went.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod align;
 mod args;
 mod avg;

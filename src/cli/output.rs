@@ -9,7 +9,7 @@ use super::args::OutputArgs;
 /// Prints warnings on stderr (always, even with `--quiet`), control
 /// characters escaped.
 pub fn warn(msg: &str) {
-    eprintln!("polymerge: warning: {}", clean(msg));
+    say!("polymerge: warning: {}", clean(msg));
 }
 
 /// `s` with control characters (escape sequences, newlines, NUL …) escaped
@@ -168,7 +168,7 @@ pub fn summarize(
         });
         print_line(j)?;
     } else if !out.quiet {
-        eprintln!(
+        say!(
             "{verb} {n_inputs} input(s) into {}: {} tensors, {} params, {} in {:.2} s ({}/s)",
             clean(&r.written.path.display().to_string()),
             r.tensors,
@@ -178,7 +178,7 @@ pub fn summarize(
             human_bytes(rate as u64)
         );
         for n in &r.notes {
-            eprintln!("polymerge: note: {}", clean(n));
+            say!("polymerge: note: {}", clean(n));
         }
     }
     Ok(())

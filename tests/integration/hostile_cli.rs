@@ -587,3 +587,70 @@ fn every_argument_is_checked_before_any_checkpoint_is_read() {
         assert_eq!(out.status.code(), Some(code), "{args:?}");
     }
 }
+
+#[test]
+fn a_full_stderr_changes_no_exit_code_and_loses_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        fx("mlp/run_seed0.safetensors"),
+        fx("mlp/run_seed1.safetensors"),
+    );
+    let missing = dir.path().join("missing.safetensors");
+    let missing = missing.to_str().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, Option<String>)> = vec![
+        // A summary, basin notes and warnings on stderr; the output must land.
+        (
+            vec![
+                "avg".into(),
+                a.clone(),
+                b.clone(),
+                "-o".into(),
+                out("avg.safetensors"),
+            ],
+            Some(out("avg.safetensors")),
+        ),
+        (
+            vec![
+                "align".into(),
+                a.clone(),
+                b.clone(),
+                "-o".into(),
+                out("al.safetensors"),
+            ],
+            Some(out("al.safetensors")),
+        ),
+        (vec!["basin".into(), a.clone(), b.clone()], None),
+        // The one-line error itself cannot be written: still exit 1.
+        (
+            vec![
+                "avg".into(),
+                a.clone(),
+                missing.into(),
+                "-o".into(),
+                out("x.safetensors"),
+            ],
+            None,
+        ),
+    ];
+    for (args, made) in cases {
+        let normal = polymerge().args(&args).output().unwrap();
+        if let Some(p) = &made {
+            fs::remove_file(p).unwrap();
+        }
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let run = Command::new(polymerge_path())
+            .args(&args)
+            .stderr(full)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), normal.status.code(), "{args:?}");
+        assert_ne!(run.status.code(), Some(101), "{args:?} panicked");
+        if let Some(p) = &made {
+            assert!(fs::metadata(p).is_ok(), "{args:?}: no output");
+        }
+    }
+}
