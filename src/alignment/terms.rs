@@ -208,14 +208,7 @@ mod tests {
     use super::*;
 
     fn member(tensor: &str, axis: usize) -> AxisMember {
-        AxisMember {
-            tensor: tensor.into(),
-            axis,
-            start: 0,
-            block: 1,
-            repeat: 1,
-            buffer: false,
-        }
+        AxisMember::plain(tensor, axis)
     }
 
     fn perm(p: &[usize]) -> TensorPermutation {
