@@ -73,8 +73,14 @@ fn per_head_copies(c: &PermGroup, n: usize, h_owners: &Owners) -> Option<Vec<Per
                 return None;
             }
             let k = m.repeat / n;
+            // Checked: a spec whose numbers overflow here is left unsplit
+            // (its own validation against the tensors then reports it).
+            let offset = j
+                .checked_mul(k)?
+                .checked_mul(c.size)?
+                .checked_mul(m.block)?;
             let part = AxisMember {
-                start: m.start + j * k * c.size * m.block,
+                start: m.start.checked_add(offset)?,
                 repeat: k,
                 ..m.clone()
             };
