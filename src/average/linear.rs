@@ -70,9 +70,77 @@ pub fn torch_sum_f64(v: &[f64]) -> f64 {
     torch_sum::<f64, 4>(v)
 }
 
-trait Acc: Copy + Default + std::ops::Add<Output = Self> {}
-impl Acc for f32 {}
-impl Acc for f64 {}
+/// An accumulation type of the linear merge: f32, or f64 when the compute
+/// dtype is F64 (mergekit's two paths); what [`torch_sum`] and [`block`]
+/// need of it.
+trait Acc: Copy + Default + std::ops::Add<Output = Self> {
+    fn decode(dtype: Dtype, bytes: &[u8], out: &mut [Self]);
+    fn encode(dtype: Dtype, values: &[Self], out: &mut [u8]);
+    /// `x` rounded to `dtype` and back (`Tensor.to(dtype)`).
+    fn round(dtype: Dtype, x: Self) -> Self;
+    fn is_finite(self) -> bool;
+    fn mul_add(self, w: Self, a: Self) -> Self;
+    fn div(self, d: Self) -> Self;
+    /// The weights and divisor in this precision.
+    fn weights(w: &LinearWeights) -> (&[Self], Option<Self>);
+    /// The accumulator and decode buffers of a thread's scratch.
+    fn buffers(s: &mut Scratch) -> (&mut Vec<Self>, &mut Vec<Self>, &mut Vec<u8>);
+}
+
+impl Acc for f32 {
+    fn decode(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+        kernels::decode_f32(dtype, bytes, out);
+    }
+    fn encode(dtype: Dtype, values: &[f32], out: &mut [u8]) {
+        kernels::encode_f32(dtype, values, out);
+    }
+    fn round(dtype: Dtype, x: f32) -> f32 {
+        round_to(dtype, x)
+    }
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
+    }
+    fn mul_add(self, w: f32, a: f32) -> f32 {
+        f32::mul_add(self, w, a)
+    }
+    fn div(self, d: f32) -> f32 {
+        self / d
+    }
+    fn weights(w: &LinearWeights) -> (&[f32], Option<f32>) {
+        (&w.w32, w.div32)
+    }
+    fn buffers(s: &mut Scratch) -> (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<u8>) {
+        (&mut s.acc32, &mut s.x32, &mut s.bytes)
+    }
+}
+
+impl Acc for f64 {
+    fn decode(dtype: Dtype, bytes: &[u8], out: &mut [f64]) {
+        kernels::decode_f64(dtype, bytes, out);
+    }
+    fn encode(dtype: Dtype, values: &[f64], out: &mut [u8]) {
+        kernels::encode_f64(dtype, values, out);
+    }
+    /// The identity: f64 accumulates only when the compute dtype is F64.
+    fn round(_: Dtype, x: f64) -> f64 {
+        x
+    }
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
+    }
+    fn mul_add(self, w: f64, a: f64) -> f64 {
+        f64::mul_add(self, w, a)
+    }
+    fn div(self, d: f64) -> f64 {
+        self / d
+    }
+    fn weights(w: &LinearWeights) -> (&[f64], Option<f64>) {
+        (&w.w64, w.div64)
+    }
+    fn buffers(s: &mut Scratch) -> (&mut Vec<f64>, &mut Vec<f64>, &mut Vec<u8>) {
+        (&mut s.acc64, &mut s.x64, &mut s.bytes)
+    }
+}
 
 fn torch_sum<T: Acc, const LANES: usize>(v: &[T]) -> T {
     if v.len() < LANES {
@@ -185,9 +253,9 @@ pub(super) fn linear_chunk<I: ChunkInputs + ?Sized>(
                 let n = out_block.len() / out_elem;
                 let piece = range.start + k * SUB_ELEMS..range.start + k * SUB_ELEMS + n;
                 let bad = if compute == Dtype::F64 {
-                    block_f64(sources, weights, piece, s, out_dtype, out_block)
+                    block::<f64, I>(sources, weights, compute, piece, s, out_dtype, out_block)
                 } else {
-                    block_f32(sources, weights, compute, piece, s, out_dtype, out_block)
+                    block::<f32, I>(sources, weights, compute, piece, s, out_dtype, out_block)
                 };
                 for (c, b) in counts.iter().zip(bad) {
                     if b != 0 {
@@ -199,7 +267,11 @@ pub(super) fn linear_chunk<I: ChunkInputs + ?Sized>(
     counts.into_iter().map(AtomicU64::into_inner).collect()
 }
 
-fn block_f32<I: ChunkInputs + ?Sized>(
+/// One block of output elements `piece`: every input decoded, converted to
+/// the compute dtype, fused-multiply-added with its weight in input order,
+/// divided by the weights' sum (`normalize`), rounded to the compute dtype
+/// when the output's differs, encoded; the NaN/Inf count of each input.
+fn block<T: Acc, I: ChunkInputs + ?Sized>(
     sources: &I,
     weights: &LinearWeights,
     compute: Dtype,
@@ -209,60 +281,32 @@ fn block_f32<I: ChunkInputs + ?Sized>(
     out: &mut [u8],
 ) -> Vec<u64> {
     let n = piece.len();
-    s.acc32.clear();
-    s.acc32.resize(n, 0.0);
-    s.x32.resize(n, 0.0);
+    let (w, div) = T::weights(weights);
+    let (acc, x, bytes) = T::buffers(s);
+    acc.clear();
+    acc.resize(n, T::default());
+    x.resize(n, T::default());
     let mut bad = vec![0u64; sources.len()];
-    for (i, &w) in weights.w32.iter().enumerate() {
-        let bytes = sources.fetch(i, piece.clone(), &mut s.bytes);
-        kernels::decode_f32(sources.dtype(i), bytes, &mut s.x32);
+    for (i, &wi) in w.iter().enumerate() {
+        let raw = sources.fetch(i, piece.clone(), bytes);
+        T::decode(sources.dtype(i), raw, x);
         let convert = sources.dtype(i) != compute;
-        for (a, &x) in s.acc32.iter_mut().zip(&s.x32) {
-            bad[i] += u64::from(!x.is_finite());
-            let x = if convert { round_to(compute, x) } else { x };
-            *a = x.mul_add(w, *a);
+        for (a, &v) in acc.iter_mut().zip(x.iter()) {
+            bad[i] += u64::from(!v.is_finite());
+            let v = if convert { T::round(compute, v) } else { v };
+            *a = v.mul_add(wi, *a);
         }
     }
-    if let Some(d) = weights.div32 {
-        for a in s.acc32.iter_mut() {
-            *a /= d;
+    if let Some(d) = div {
+        for a in acc.iter_mut() {
+            *a = a.div(d);
         }
     }
     if out_dtype != compute {
-        for a in s.acc32.iter_mut() {
-            *a = round_to(compute, *a);
+        for a in acc.iter_mut() {
+            *a = T::round(compute, *a);
         }
     }
-    kernels::encode_f32(out_dtype, &s.acc32, out);
-    bad
-}
-
-fn block_f64<I: ChunkInputs + ?Sized>(
-    sources: &I,
-    weights: &LinearWeights,
-    piece: Range<usize>,
-    s: &mut Scratch,
-    out_dtype: Dtype,
-    out: &mut [u8],
-) -> Vec<u64> {
-    let n = piece.len();
-    s.acc64.clear();
-    s.acc64.resize(n, 0.0);
-    s.x64.resize(n, 0.0);
-    let mut bad = vec![0u64; sources.len()];
-    for (i, &w) in weights.w64.iter().enumerate() {
-        let bytes = sources.fetch(i, piece.clone(), &mut s.bytes);
-        kernels::decode_f64(sources.dtype(i), bytes, &mut s.x64);
-        for (a, &x) in s.acc64.iter_mut().zip(&s.x64) {
-            bad[i] += u64::from(!x.is_finite());
-            *a = x.mul_add(w, *a);
-        }
-    }
-    if let Some(d) = weights.div64 {
-        for a in s.acc64.iter_mut() {
-            *a /= d;
-        }
-    }
-    kernels::encode_f64(out_dtype, &s.acc64, out);
+    T::encode(out_dtype, acc, out);
     bad
 }
