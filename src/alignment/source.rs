@@ -191,3 +191,23 @@ pub fn objective(a: &dyn WeightSource, b: &dyn WeightSource, names: &[String]) -
         })
         .try_reduce(|| 0.0, |p, q| Ok(p + q))
 }
+
+/// Tensors in memory, by name: shape and f32 values (with the default
+/// `read_rows`), for the tests of weight matching.
+#[cfg(test)]
+pub(crate) struct Mem(pub(crate) std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+#[cfg(test)]
+impl WeightSource for Mem {
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.0[name].0.clone())
+    }
+    fn read(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.0[name].1.clone())
+    }
+    fn float_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.0.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}

@@ -16,7 +16,7 @@ use crate::assignment::{self, Assignment};
 use crate::error::Result;
 use crate::permute::GroupPerms;
 use crate::similarity;
-use crate::spec::PermutationSpec;
+use crate::spec::{AxisMember, PermutationSpec};
 
 /// What one visit of a group found.
 #[derive(Clone, Debug)]
@@ -129,32 +129,39 @@ fn cached_group_similarity(
             },
         ));
     }
-    let group = &spec.groups[g];
-    let n = group.size;
-    let mut s = vec![0.0f64; n * n];
     let mut counts = TermCounts::default();
-    for m in group.members.iter().filter(|m| !m.buffer) {
+    let s = sum_terms(spec, g, |m, n| {
         let under = others.get(&m.tensor);
-        let term = match cache.and_then(|c| c.get(m, n, under)) {
-            Some(t) => {
-                counts.reused += 1;
-                t
-            }
-            None => {
-                counts.computed += 1;
-                let t = Arc::new(member_term(a, &view, m, n)?);
-                if let Some(c) = cache {
-                    let numel: usize = a.shape(&m.tensor)?.iter().product();
-                    c.put(m, n, under, numel / n.max(1), Arc::clone(&t));
-                }
-                t
-            }
-        };
-        for (x, y) in s.iter_mut().zip(term.iter()) {
+        if let Some(t) = cache.and_then(|c| c.get(m, n, under)) {
+            counts.reused += 1;
+            return Ok(t);
+        }
+        counts.computed += 1;
+        let t = Arc::new(member_term(a, &view, m, n)?);
+        if let Some(c) = cache {
+            let numel: usize = a.shape(&m.tensor)?.iter().product();
+            c.put(m, n, under, numel / n.max(1), Arc::clone(&t));
+        }
+        Ok(t)
+    })?;
+    Ok((s, counts))
+}
+
+/// `S = Σ` over group `g`'s members (buffers left out), in member order, of
+/// `term(member, n)`, each an `n × n` f32 matrix added in f64.
+fn sum_terms(
+    spec: &PermutationSpec,
+    g: usize,
+    mut term: impl FnMut(&AxisMember, usize) -> Result<Arc<Vec<f32>>>,
+) -> Result<Vec<f64>> {
+    let n = spec.groups[g].size;
+    let mut s = vec![0.0f64; n * n];
+    for m in spec.groups[g].members.iter().filter(|m| !m.buffer) {
+        for (x, y) in s.iter_mut().zip(term(m, n)?.iter()) {
             *x += *y as f64;
         }
     }
-    Ok((s, counts))
+    Ok(s)
 }
 
 /// The `n × n` similarity matrix of group `g` between `a` and `b` (b with the
@@ -166,22 +173,14 @@ pub fn similarity_matrix(
     a: &dyn WeightSource,
     b: &dyn WeightSource,
 ) -> Result<Vec<f64>> {
-    let group = &spec.groups[g];
-    let n = group.size;
-    let mut s = vec![0.0f64; n * n];
-    for m in group.members.iter().filter(|m| !m.buffer) {
-        for (x, y) in s.iter_mut().zip(member_term(a, b, m, n)?) {
-            *x += y as f64;
-        }
-    }
-    Ok(s)
+    sum_terms(spec, g, |m, n| Ok(Arc::new(member_term(a, b, m, n)?)))
 }
 
 /// One member's term `A_u · B_uᵀ` (`n × n`, f32) of a group of `n` units.
 fn member_term(
     a: &dyn WeightSource,
     b: &dyn WeightSource,
-    m: &crate::spec::AxisMember,
+    m: &AxisMember,
     n: usize,
 ) -> Result<Vec<f32>> {
     let shape = a.shape(&m.tensor)?;

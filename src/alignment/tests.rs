@@ -2,32 +2,14 @@
 //! row views, and the skip rule.
 
 use super::heads::tie_siblings;
-use super::source::ROWS_CHUNK_ELEMS;
+use super::source::{Mem, ROWS_CHUNK_ELEMS};
 use super::step::later_maps;
 use super::*;
-use crate::error::Result;
 use crate::permute::TensorPermutation;
 use crate::permute::{GroupPerms, ModelPermutation};
 use crate::similarity;
 use crate::spec::{AxisMember, PermGroup};
 use std::collections::HashMap;
-
-/// Tensors in memory, with the default `read_rows`.
-struct Mem(HashMap<String, (Vec<usize>, Vec<f32>)>);
-
-impl WeightSource for Mem {
-    fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self.0[name].0.clone())
-    }
-    fn read(&self, name: &str) -> Result<Vec<f32>> {
-        Ok(self.0[name].1.clone())
-    }
-    fn float_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.0.keys().cloned().collect();
-        v.sort();
-        v
-    }
-}
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut r = SplitMix64(seed);

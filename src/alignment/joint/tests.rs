@@ -3,21 +3,8 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::alignment::source::Mem;
 use crate::spec::{AxisMember, PermGroup};
-
-struct Mem(HashMap<String, (Vec<usize>, Vec<f32>)>);
-
-impl WeightSource for Mem {
-    fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self.0[name].0.clone())
-    }
-    fn read(&self, name: &str) -> Result<Vec<f32>> {
-        Ok(self.0[name].1.clone())
-    }
-    fn float_names(&self) -> Vec<String> {
-        self.0.keys().cloned().collect()
-    }
-}
 
 fn rows(r: &[[f32; 3]]) -> Mem {
     let data = r.iter().flatten().copied().collect();
