@@ -97,5 +97,13 @@ pub fn install_signal_handlers() {
     sys::signals::install();
 }
 
+/// Keeps freed heap memory in the process for reuse instead of returning
+/// it to the system at once (glibc), so the buffers weight matching
+/// allocates at every group visit are not faulted in afresh each time
+/// (see `sys::heap`). The binary calls this once at start.
+pub fn keep_freed_memory() {
+    sys::heap::keep_freed_memory();
+}
+
 /// Version string written into merge metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

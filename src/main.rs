@@ -6,6 +6,8 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Freed buffers stay in the heap for the next group visit.
+    polymerge::keep_freed_memory();
     // SIGBUS from an input truncated while mapped: one line, temporaries
     // removed; SIGXFSZ ignored so a file-size limit fails the write instead.
     polymerge::install_signal_handlers();

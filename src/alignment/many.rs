@@ -67,6 +67,7 @@ pub fn merge_many(
                 init: Some(perms[i].clone()),
                 restarts: 1,
                 term_cache: opts.term_cache,
+                term_updates: opts.term_updates,
             };
             let r = weight_matching(spec, &target, models[i], &sub, &GroupsOnly(observer))?;
             if r.perms != perms[i] {

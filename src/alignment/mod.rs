@@ -91,6 +91,10 @@ pub struct AlignOptions {
     pub restarts: usize,
     /// Bytes of similarity terms kept between visits ([`terms`]; 0: none).
     pub term_cache: usize,
+    /// Kept terms are updated where the permutation they are asked under
+    /// moved a few columns, instead of computed afresh (one restart only;
+    /// equal to the full computation up to rounding, see [`terms`]).
+    pub term_updates: bool,
 }
 
 impl Default for AlignOptions {
@@ -101,6 +105,7 @@ impl Default for AlignOptions {
             init: None,
             restarts: DEFAULT_RESTARTS,
             term_cache: DEFAULT_TERM_CACHE_BYTES,
+            term_updates: true,
         }
     }
 }
@@ -136,7 +141,7 @@ pub fn weight_matching(
     opts: &AlignOptions,
     observer: &dyn Observer,
 ) -> Result<Alignment> {
-    let cache = TermCache::new(opts.term_cache, opts.restarts.max(1));
+    let cache = TermCache::new(opts.term_cache, opts.restarts.max(1)).updating(opts.term_updates);
     let step = LinearAssignmentStep::cached(cache);
     weight_matching_with(&step, spec, a, b, opts, observer)
 }

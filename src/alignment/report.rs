@@ -41,6 +41,9 @@ pub struct GroupReport {
     /// (same permutation of B's tensor), and computed.
     pub terms_reused: usize,
     pub terms_computed: usize,
+    /// Member terms updated from a kept term under a nearby permutation
+    /// (see [`crate::alignment::terms`]).
+    pub terms_updated: usize,
 }
 
 /// One descent of a run with restarts.
@@ -125,6 +128,7 @@ impl<'s> Log<'s> {
                 joint_updates: 0,
                 terms_reused: 0,
                 terms_computed: 0,
+                terms_updated: 0,
             })
             .collect();
         let n = spec.groups.len();
@@ -189,6 +193,7 @@ impl<'s> Log<'s> {
         r.visits += 1;
         r.terms_reused += visit.terms.reused;
         r.terms_computed += visit.terms.computed;
+        r.terms_updated += visit.terms.updated;
         if accepted {
             self.last_change[g] = self.step;
             r.updates += 1;

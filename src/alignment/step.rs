@@ -14,7 +14,7 @@ use super::terms::{TermCache, TermCounts};
 use super::{Permuted, model_permutation};
 use crate::assignment::{self, Assignment};
 use crate::error::Result;
-use crate::permute::GroupPerms;
+use crate::permute::{GroupPerms, TensorPermutation};
 use crate::similarity;
 use crate::spec::{AxisMember, PermutationSpec};
 
@@ -124,24 +124,34 @@ fn cached_group_similarity(
         return Ok((
             s,
             TermCounts {
-                reused: 0,
                 computed,
+                ..TermCounts::default()
             },
         ));
     }
     let mut counts = TermCounts::default();
     let s = sum_terms(spec, g, |m, n| {
         let under = others.get(&m.tensor);
-        if let Some(t) = cache.and_then(|c| c.get(m, n, under)) {
+        let Some(c) = cache else {
+            counts.computed += 1;
+            return Ok(Arc::new(member_term(a, &view, m, n)?));
+        };
+        if let Some(t) = c.get(m, n, under) {
             counts.reused += 1;
+            return Ok(t);
+        }
+        let worth = a.shape(&m.tensor)?.iter().product::<usize>() / n.max(1);
+        if let Some(base) = c.base(m, n)
+            && let Some(t) = updated_term(a, b, m, n, base.under.as_ref(), under, &base.term)?
+        {
+            counts.updated += 1;
+            let t = Arc::new(t);
+            c.put_updated(m, n, under, worth, Arc::clone(&t), base.updates + 1);
             return Ok(t);
         }
         counts.computed += 1;
         let t = Arc::new(member_term(a, &view, m, n)?);
-        if let Some(c) = cache {
-            let numel: usize = a.shape(&m.tensor)?.iter().product();
-            c.put(m, n, under, numel / n.max(1), Arc::clone(&t));
-        }
+        c.put(m, n, under, worth, Arc::clone(&t));
         Ok(t)
     })?;
     Ok((s, counts))
@@ -205,6 +215,95 @@ fn member_term(
         similarity::accumulate_f32(&mut acc, &x, &y, &sub, m, n);
     }
     Ok(acc)
+}
+
+/// Updated terms are made only where at most this fraction of the
+/// columns moved: past it, reading, comparing and gathering the columns
+/// on top of a product of half the reduction length saves little over
+/// one full product.
+const MAX_UPDATED_COLUMNS: f64 = 0.5;
+
+/// Member `m`'s term under `to` (B's tensor permuted by the other groups),
+/// updated from `term`, its term under `from`: the term is linear in B, so
+/// `T(to) = T(from) + A · (to(B) - from(B))ᵀ`, the product taken over the
+/// columns (positions on the other axes) that the two permutations map
+/// differently. `None` when the update would not pay: the member's own
+/// axis is mapped differently, more than [`MAX_UPDATED_COLUMNS`] of the
+/// columns moved, or the tensor is streamed in row chunks (larger than
+/// [`ROWS_CHUNK_ELEMS`]).
+///
+/// Non-finite weights need no care here: the term was first computed in
+/// full, and a non-finite term makes the visit's assignment fail.
+fn updated_term(
+    a: &dyn WeightSource,
+    b: &dyn WeightSource,
+    m: &AxisMember,
+    n: usize,
+    from: Option<&TensorPermutation>,
+    to: Option<&TensorPermutation>,
+    term: &[f32],
+) -> Result<Option<Vec<f32>>> {
+    let shape = a.shape(&m.tensor)?;
+    let numel: usize = shape.iter().product();
+    if numel == 0 || numel > ROWS_CHUNK_ELEMS {
+        return Ok(None);
+    }
+    if axis_map(from, m.axis) != axis_map(to, m.axis) {
+        return Ok(None);
+    }
+    let at = |p, axis, i: usize| axis_map(p, axis).map_or(i, |v| v[i]);
+    let mut strides = vec![1usize; shape.len()];
+    for k in (0..shape.len() - 1).rev() {
+        strides[k] = strides[k + 1] * shape[k + 1];
+    }
+    // Each column (a position on every axis but the member's): its offset
+    // in A, and in B under `from` and under `to`, kept where those differ.
+    let len = shape[m.axis];
+    let columns = numel / len;
+    let mut offsets: Vec<[usize; 3]> = Vec::new();
+    for c in 0..columns {
+        let (mut rest, mut off) = (c, [0usize; 3]);
+        for k in (0..shape.len()).rev().filter(|&k| k != m.axis) {
+            let i = rest % shape[k];
+            rest /= shape[k];
+            off[0] += i * strides[k];
+            off[1] += at(from, k, i) * strides[k];
+            off[2] += at(to, k, i) * strides[k];
+        }
+        if off[1] != off[2] {
+            offsets.push(off);
+        }
+    }
+    if offsets.len() as f64 > MAX_UPDATED_COLUMNS * columns as f64 {
+        return Ok(None);
+    }
+    let mut acc = term.to_vec();
+    let k = offsets.len();
+    if k == 0 {
+        return Ok(Some(acc));
+    }
+    let (x, y) = (a.read(&m.tensor)?, b.read(&m.tensor)?);
+    // The moved columns of A and of the difference, the member's axis
+    // first: [len, k].
+    let (mut xa, mut d) = (vec![0.0f32; len * k], vec![0.0f32; len * k]);
+    for r in 0..len {
+        let (ra, rb) = (r * strides[m.axis], at(to, m.axis, r) * strides[m.axis]);
+        for (j, off) in offsets.iter().enumerate() {
+            xa[r * k + j] = x[off[0] + ra];
+            d[r * k + j] = y[off[2] + rb] - y[off[1] + rb];
+        }
+    }
+    let gathered = AxisMember {
+        axis: 0,
+        ..m.clone()
+    };
+    similarity::accumulate_f32(&mut acc, &xa, &d, &[len, k], &gathered, n);
+    Ok(Some(acc))
+}
+
+/// The map `p` puts on `axis` (`None`: none, or no permutation).
+fn axis_map(p: Option<&TensorPermutation>, axis: usize) -> Option<&[usize]> {
+    p.and_then(|p| p.axes.get(axis)).and_then(Option::as_deref)
 }
 
 /// For each member of group `g`: the composed map of the groups *after* `g`
@@ -290,4 +389,94 @@ fn relabelled_similarity(
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alignment::source::Mem;
+    use std::collections::HashMap;
+
+    fn source(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Mem {
+        Mem(tensors
+            .iter()
+            .map(|(n, s, v)| (n.to_string(), (s.clone(), v.clone())))
+            .collect::<HashMap<_, _>>())
+    }
+
+    fn perm(axes: Vec<Option<Vec<usize>>>) -> TensorPermutation {
+        TensorPermutation { axes }
+    }
+
+    /// `T(π)` computed in full: B read through `π`.
+    fn full_term(a: &Mem, b: &Mem, m: &AxisMember, n: usize, p: &TensorPermutation) -> Vec<f32> {
+        let perm = crate::permute::ModelPermutation {
+            tensors: HashMap::from([(m.tensor.clone(), p.clone())]),
+        };
+        member_term(
+            a,
+            &Permuted {
+                source: b,
+                perm: &perm,
+            },
+            m,
+            n,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn swapping_two_columns_updates_the_term_by_hand() {
+        // A = [[1 2 3 0] [4 5 6 1]], B = [[1 0 2 5] [0 3 1 2]], units the rows.
+        // T = A·Bᵀ = [[7 9] [21 23]]; with B's columns 1 and 2 swapped,
+        // B = [[1 2 0 5] [0 1 3 2]] and T = [[5 11] [19 25]].
+        let a = source(&[("w", vec![2, 4], vec![1., 2., 3., 0., 4., 5., 6., 1.])]);
+        let b = source(&[("w", vec![2, 4], vec![1., 0., 2., 5., 0., 3., 1., 2.])]);
+        let m = AxisMember::plain("w", 0);
+        let to = perm(vec![None, Some(vec![0, 2, 1, 3])]);
+        let t = updated_term(&a, &b, &m, 2, None, Some(&to), &[7., 9., 21., 23.]).unwrap();
+        assert_eq!(t, Some(vec![5., 11., 19., 25.]));
+        assert_eq!(full_term(&a, &b, &m, 2, &to), vec![5., 11., 19., 25.]);
+    }
+
+    #[test]
+    fn an_updated_term_of_a_3d_tensor_equals_the_term_computed_in_full() {
+        // [4, 4, 2], units on axis 1; B's axis 0 moves from one
+        // permutation to another in 2 of 4 places (4 of 8 columns).
+        let values: Vec<f32> = (0..32).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
+        let other: Vec<f32> = (0..32).map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0).collect();
+        let a = source(&[("c", vec![4, 4, 2], values)]);
+        let b = source(&[("c", vec![4, 4, 2], other)]);
+        let m = AxisMember::plain("c", 1);
+        let from = perm(vec![Some(vec![2, 0, 1, 3]), None, None]);
+        let to = perm(vec![Some(vec![2, 1, 0, 3]), None, None]);
+        let old = full_term(&a, &b, &m, 4, &from);
+        let new = updated_term(&a, &b, &m, 4, Some(&from), Some(&to), &old)
+            .unwrap()
+            .expect("half the columns moved: an update");
+        // Multiples of 1/32 summed: exact in f32 whatever the order.
+        assert_eq!(new, full_term(&a, &b, &m, 4, &to));
+        assert_ne!(new, old);
+    }
+
+    #[test]
+    fn no_update_when_the_units_axis_moves_or_most_columns_do() {
+        let a = source(&[("w", vec![2, 4], vec![1.; 8])]);
+        let b = source(&[("w", vec![2, 4], vec![2.; 8])]);
+        let m = AxisMember::plain("w", 0);
+        let term = [8.; 4];
+        let rows = perm(vec![Some(vec![1, 0]), None]);
+        assert_eq!(
+            updated_term(&a, &b, &m, 2, None, Some(&rows), &term).unwrap(),
+            None
+        );
+        let three = perm(vec![None, Some(vec![1, 2, 0, 3])]);
+        assert_eq!(
+            updated_term(&a, &b, &m, 2, None, Some(&three), &term).unwrap(),
+            None
+        );
+        // The same permutation: the term as it was, no product.
+        let same = updated_term(&a, &b, &m, 2, Some(&three), Some(&three), &term).unwrap();
+        assert_eq!(same, Some(term.to_vec()));
+    }
 }

@@ -27,6 +27,20 @@
 //! The key is what the term is computed from, not a group index, so one
 //! cache serves every spec a run uses (the tied first phase of
 //! `heads::tied_then_free` and the free descent after it).
+//!
+//! **Updated terms.** A term is linear in B's tensor, so when the
+//! permutation it is asked under differs from the kept one in a few
+//! places, `T(π') = T(π) + A · (π'(B) - π(B))ᵀ` where the difference is
+//! zero outside the columns (positions of the other axes) that moved: a
+//! product of reduction length `k` instead of `L` (`step::updated_term`).
+//! Late in a descent a neighbouring group typically moves 5–15% of its
+//! units, so most visits cost a fraction of a full product. An updated
+//! term differs from a recomputed one by rounding only (a few f32 ulps of
+//! its largest entries), so a descent with updates is not bit-identical to
+//! one without; it is deterministic, because updates are only made when
+//! one descent owns each place (`per_place == 1`: one restart), and
+//! [`MAX_TERM_UPDATES`] bounds how far rounding can drift before a full
+//! recomputation.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,6 +52,13 @@ use crate::spec::AxisMember;
 /// MLP benchmark (12 terms of 2048² f32 = 192 MiB) while the 0.49 B LLaMA
 /// benchmark stays within 1 GiB of peak memory (`docs/bench-align.md`).
 pub const DEFAULT_TERM_CACHE_BYTES: usize = 256 << 20;
+
+/// Updates in a row before a term is computed afresh. Each update adds
+/// at most about one f32 rounding of the term's largest entries
+/// (`2⁻²⁴` relative), so 16 of them stay below the rounding a single
+/// full f32 GEMM of reduction length 2048 already carries (`√L·2⁻²⁴`,
+/// about `45·2⁻²⁴`, Higham 2002, §3.1's probabilistic bound).
+pub const MAX_TERM_UPDATES: u32 = 16;
 
 /// Where a term comes from: the member's tensor and place, and the group
 /// size (the term is `size × size`).
@@ -70,7 +91,18 @@ struct Entry {
     term: Arc<Vec<f32>>,
     /// Its reduction length `L` (what recomputing it costs per byte).
     worth: usize,
+    /// Updates since it was last computed in full.
+    updates: u32,
     last_used: u64,
+}
+
+/// A kept term to update into the term under another permutation.
+pub struct Base {
+    /// The permutation of B's tensor it holds the term under.
+    pub under: Option<TensorPermutation>,
+    pub term: Arc<Vec<f32>>,
+    /// Updates since it was last computed in full.
+    pub updates: u32,
 }
 
 #[derive(Default)]
@@ -85,14 +117,17 @@ struct Inner {
 pub struct TermCounts {
     /// Terms found under the same permutation (no reads, no GEMM).
     pub reused: usize,
-    /// Terms computed.
+    /// Terms computed in full.
     pub computed: usize,
+    /// Terms updated from a kept term under a nearby permutation.
+    pub updated: usize,
 }
 
 /// Similarity terms kept across the visits of one weight-matching run.
 pub struct TermCache {
     budget: usize,
     per_place: usize,
+    updating: bool,
     inner: Mutex<Inner>,
 }
 
@@ -103,8 +138,31 @@ impl TermCache {
         Self {
             budget,
             per_place: per_place.max(1),
+            updating: false,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// The cache offering its terms for updates ([`TermCache::base`]) when
+    /// `on` and one descent owns each place (`per_place == 1`).
+    pub fn updating(mut self, on: bool) -> Self {
+        self.updating = on && self.per_place == 1;
+        self
+    }
+
+    /// The kept term of member `m` to update from, if updates are on and
+    /// it has been updated fewer than [`MAX_TERM_UPDATES`] times in a row.
+    pub fn base(&self, m: &AxisMember, size: usize) -> Option<Base> {
+        if !self.updating {
+            return None;
+        }
+        let inner = self.lock();
+        let e = inner.places.get(&Place::of(m, size))?.first()?;
+        (e.updates < MAX_TERM_UPDATES).then(|| Base {
+            under: e.under.clone(),
+            term: Arc::clone(&e.term),
+            updates: e.updates,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -140,6 +198,20 @@ impl TermCache {
         under: Option<&TensorPermutation>,
         worth: usize,
         term: Arc<Vec<f32>>,
+    ) {
+        self.put_updated(m, size, under, worth, term, 0);
+    }
+
+    /// [`TermCache::put`] for a term `updates` updates away from its last
+    /// full computation.
+    pub fn put_updated(
+        &self,
+        m: &AxisMember,
+        size: usize,
+        under: Option<&TensorPermutation>,
+        worth: usize,
+        term: Arc<Vec<f32>>,
+        updates: u32,
     ) {
         let bytes = term.len() * size_of::<f32>();
         if bytes > self.budget {
@@ -185,6 +257,7 @@ impl TermCache {
             under: under.cloned(),
             term,
             worth,
+            updates,
             last_used: now,
         });
     }
@@ -295,6 +368,29 @@ mod tests {
         assert!(c.get(&w, 2, None).is_some());
         assert!(c.get(&z, 2, None).is_some());
         assert_eq!(c.bytes(), 48);
+    }
+
+    #[test]
+    fn a_term_is_offered_for_update_to_one_descent_only_and_16_times_in_a_row() {
+        let m = member("fc2.weight", 1);
+        let p = perm(&[1, 0]);
+        let shared = TermCache::new(1 << 20, 2).updating(true);
+        shared.put(&m, 2, None, 8, term(1.0));
+        assert!(shared.base(&m, 2).is_none(), "two descents: no updates");
+        let off = TermCache::new(1 << 20, 1);
+        off.put(&m, 2, None, 8, term(1.0));
+        assert!(off.base(&m, 2).is_none(), "updates not asked for");
+        let c = TermCache::new(1 << 20, 1).updating(true);
+        assert!(c.base(&m, 2).is_none(), "nothing kept yet");
+        c.put(&m, 2, None, 8, term(1.0));
+        let base = c.base(&m, 2).unwrap();
+        assert_eq!((base.under, base.term[0], base.updates), (None, 1.0, 0));
+        c.put_updated(&m, 2, Some(&p), 8, term(2.0), MAX_TERM_UPDATES - 1);
+        let base = c.base(&m, 2).unwrap();
+        assert_eq!((base.under, base.updates), (Some(p.clone()), 15));
+        c.put_updated(&m, 2, None, 8, term(3.0), MAX_TERM_UPDATES);
+        assert!(c.base(&m, 2).is_none(), "the 17th is computed in full");
+        assert_eq!(c.bytes(), 16, "each update replaced the place's term");
     }
 
     #[test]

@@ -374,6 +374,7 @@ fn kept_similarity_terms_change_no_bit_of_the_result_and_are_reused() {
             let opts = AlignOptions {
                 restarts,
                 term_cache,
+                term_updates: false,
                 ..AlignOptions::default()
             };
             weight_matching(&spec, &a, &b, &opts, &()).unwrap()
@@ -407,6 +408,34 @@ fn kept_similarity_terms_change_no_bit_of_the_result_and_are_reused() {
             "{reused} terms reused in {visits} visits"
         );
     }
+}
+
+#[test]
+fn updated_terms_reach_the_exact_descent_s_permutations_and_objective() {
+    let (spec, a, b) = random_chain();
+    let run = |restarts: usize, term_updates: bool| {
+        let opts = AlignOptions {
+            restarts,
+            term_updates,
+            ..AlignOptions::default()
+        };
+        weight_matching(&spec, &a, &b, &opts, &()).unwrap()
+    };
+    let (exact, updated) = (run(1, false), run(1, true));
+    assert_eq!(updated.perms, exact.perms);
+    let rel = (updated.objective_after - exact.objective_after).abs() / exact.objective_after.abs();
+    assert!(rel < 1e-6, "objective {rel:e} apart");
+    let count = |r: &Alignment| r.groups.iter().map(|g| g.terms_updated).sum::<usize>();
+    assert_eq!(count(&exact), 0);
+    assert!(count(&updated) > 0, "no term was updated");
+    for g in &updated.groups {
+        assert_eq!(
+            g.terms_reused + g.terms_computed + g.terms_updated,
+            3 * g.visits
+        );
+    }
+    // Parallel restarts share places: no updates, so no dependence on timing.
+    assert_eq!(count(&run(3, true)), 0);
 }
 
 #[test]

@@ -283,6 +283,9 @@ pub struct MatchArgs {
     /// Memory for similarity terms kept between group visits and reused while their neighbouring groups stay put (same result, less work), e.g. 256MiB, 2GiB; 0 turns it off.
     #[arg(long, default_value = "256MiB", value_parser = parse_budget)]
     pub term_cache: ByteSize,
+    /// Compute every similarity term that changed in full instead of updating a kept one where its neighbouring group moved a few units (slower; the result is then bit-identical to --term-cache 0).
+    #[arg(long)]
+    pub exact_terms: bool,
 }
 
 #[derive(Args, Debug)]

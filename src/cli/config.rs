@@ -65,6 +65,7 @@ impl MatchArgs {
                 init: None,
                 restarts: self.restarts as usize,
                 term_cache: usize::try_from(self.term_cache.0).unwrap_or(usize::MAX),
+                term_updates: !self.exact_terms,
             },
         })
     }
