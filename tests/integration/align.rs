@@ -368,3 +368,47 @@ fn a_permutation_file_for_the_wrong_group_size_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn exact_terms_turn_term_updates_off_and_reach_the_same_alignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let perm = dir.path().join(format!("p{}.json", extra.len()));
+        let mut args = vec![
+            "align",
+            &fx("mlp/run_seed0.safetensors"),
+            &fx("mlp/run_seed1.safetensors"),
+            "-o",
+            path_str(&dir.path().join("x.safetensors")),
+            "--force",
+            "--save-perm",
+            path_str(&perm),
+            "--json",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let j = json_out(polymerge().args(&args));
+        let updated: u64 = j["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["terms_updated"].as_u64().unwrap())
+            .sum();
+        (
+            j["objective_after"].as_f64().unwrap(),
+            updated,
+            std::fs::read(&perm).unwrap(),
+        )
+    };
+    let (obj, updated, perm) = run(&[]);
+    let (exact_obj, exact_updated, exact_perm) = run(&["--exact-terms"]);
+    assert!(updated > 0, "the default updates kept terms");
+    assert_eq!(exact_updated, 0);
+    assert_eq!(perm, exact_perm);
+    assert!(
+        (obj - exact_obj).abs() <= 1e-9 * exact_obj.abs(),
+        "{obj} vs {exact_obj}"
+    );
+}
