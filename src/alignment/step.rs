@@ -146,12 +146,12 @@ fn cached_group_similarity(
         {
             counts.updated += 1;
             let t = Arc::new(t);
-            c.put_updated(m, n, under, worth, Arc::clone(&t), base.updates + 1);
+            c.put(m, n, under, worth, Arc::clone(&t), base.updates + 1);
             return Ok(t);
         }
         counts.computed += 1;
         let t = Arc::new(member_term(a, &view, m, n)?);
-        c.put(m, n, under, worth, Arc::clone(&t));
+        c.put(m, n, under, worth, Arc::clone(&t), 0);
         Ok(t)
     })?;
     Ok((s, counts))

@@ -188,23 +188,10 @@ impl TermCache {
         Some(Arc::clone(&e.term))
     }
 
-    /// Keeps `term`, computed under `under` with reduction length `worth`,
-    /// if the budget allows (see the module documentation for what makes
-    /// room).
+    /// Keeps `term`, computed under `under` with reduction length `worth`
+    /// and `updates` updates away from its last full computation, if the
+    /// budget allows (see the module documentation for what makes room).
     pub fn put(
-        &self,
-        m: &AxisMember,
-        size: usize,
-        under: Option<&TensorPermutation>,
-        worth: usize,
-        term: Arc<Vec<f32>>,
-    ) {
-        self.put_updated(m, size, under, worth, term, 0);
-    }
-
-    /// [`TermCache::put`] for a term `updates` updates away from its last
-    /// full computation.
-    pub fn put_updated(
         &self,
         m: &AxisMember,
         size: usize,
@@ -298,7 +285,7 @@ mod tests {
     fn a_term_is_found_only_under_the_same_permutation() {
         let c = TermCache::new(1 << 20, 1);
         let m = member("fc2.weight", 1);
-        c.put(&m, 2, Some(&perm(&[1, 0])), 8, term(1.0));
+        c.put(&m, 2, Some(&perm(&[1, 0])), 8, term(1.0), 0);
         assert_eq!(c.get(&m, 2, Some(&perm(&[1, 0]))).unwrap()[0], 1.0);
         assert!(c.get(&m, 2, Some(&perm(&[0, 1]))).is_none());
         assert!(c.get(&m, 2, None).is_none());
@@ -314,8 +301,8 @@ mod tests {
     fn one_term_per_place_replaces_the_older_one() {
         let c = TermCache::new(1 << 20, 1);
         let m = member("fc2.weight", 1);
-        c.put(&m, 2, None, 8, term(1.0));
-        c.put(&m, 2, Some(&perm(&[1, 0])), 8, term(2.0));
+        c.put(&m, 2, None, 8, term(1.0), 0);
+        c.put(&m, 2, Some(&perm(&[1, 0])), 8, term(2.0), 0);
         assert!(c.get(&m, 2, None).is_none());
         assert_eq!(c.get(&m, 2, Some(&perm(&[1, 0]))).unwrap()[0], 2.0);
         assert_eq!(c.bytes(), 16);
@@ -325,8 +312,8 @@ mod tests {
     fn two_descents_keep_a_term_each_per_place() {
         let c = TermCache::new(1 << 20, 2);
         let m = member("fc2.weight", 1);
-        c.put(&m, 2, None, 8, term(1.0));
-        c.put(&m, 2, Some(&perm(&[1, 0])), 8, term(2.0));
+        c.put(&m, 2, None, 8, term(1.0), 0);
+        c.put(&m, 2, Some(&perm(&[1, 0])), 8, term(2.0), 0);
         assert_eq!(c.get(&m, 2, None).unwrap()[0], 1.0);
         assert_eq!(c.get(&m, 2, Some(&perm(&[1, 0]))).unwrap()[0], 2.0);
         assert_eq!(c.bytes(), 32);
@@ -338,9 +325,9 @@ mod tests {
         // worth is not kept (a cyclic sweep then still finds x and y).
         let c = TermCache::new(40, 1);
         let (x, y, z) = (member("x", 0), member("y", 0), member("z", 0));
-        c.put(&x, 2, None, 8, term(1.0));
-        c.put(&y, 2, None, 8, term(2.0));
-        c.put(&z, 2, None, 8, term(3.0));
+        c.put(&x, 2, None, 8, term(1.0), 0);
+        c.put(&y, 2, None, 8, term(2.0), 0);
+        c.put(&z, 2, None, 8, term(3.0), 0);
         assert!(c.get(&z, 2, None).is_none());
         assert!(c.get(&x, 2, None).is_some());
         assert!(c.get(&y, 2, None).is_some());
@@ -358,11 +345,11 @@ mod tests {
             member("w", 0),
             member("z", 0),
         );
-        c.put(&x, 2, None, 1, term(1.0));
-        c.put(&y, 2, None, 1, term(2.0));
-        c.put(&w, 2, None, 8, term(4.0));
+        c.put(&x, 2, None, 1, term(1.0), 0);
+        c.put(&y, 2, None, 1, term(2.0), 0);
+        c.put(&w, 2, None, 8, term(4.0), 0);
         assert!(c.get(&y, 2, None).is_some());
-        c.put(&z, 2, None, 64, term(3.0));
+        c.put(&z, 2, None, 64, term(3.0), 0);
         assert!(c.get(&x, 2, None).is_none());
         assert!(c.get(&y, 2, None).is_some());
         assert!(c.get(&w, 2, None).is_some());
@@ -375,20 +362,20 @@ mod tests {
         let m = member("fc2.weight", 1);
         let p = perm(&[1, 0]);
         let shared = TermCache::new(1 << 20, 2).updating(true);
-        shared.put(&m, 2, None, 8, term(1.0));
+        shared.put(&m, 2, None, 8, term(1.0), 0);
         assert!(shared.base(&m, 2).is_none(), "two descents: no updates");
         let off = TermCache::new(1 << 20, 1);
-        off.put(&m, 2, None, 8, term(1.0));
+        off.put(&m, 2, None, 8, term(1.0), 0);
         assert!(off.base(&m, 2).is_none(), "updates not asked for");
         let c = TermCache::new(1 << 20, 1).updating(true);
         assert!(c.base(&m, 2).is_none(), "nothing kept yet");
-        c.put(&m, 2, None, 8, term(1.0));
+        c.put(&m, 2, None, 8, term(1.0), 0);
         let base = c.base(&m, 2).unwrap();
         assert_eq!((base.under, base.term[0], base.updates), (None, 1.0, 0));
-        c.put_updated(&m, 2, Some(&p), 8, term(2.0), MAX_TERM_UPDATES - 1);
+        c.put(&m, 2, Some(&p), 8, term(2.0), MAX_TERM_UPDATES - 1);
         let base = c.base(&m, 2).unwrap();
         assert_eq!((base.under, base.updates), (Some(p.clone()), 15));
-        c.put_updated(&m, 2, None, 8, term(3.0), MAX_TERM_UPDATES);
+        c.put(&m, 2, None, 8, term(3.0), MAX_TERM_UPDATES);
         assert!(c.base(&m, 2).is_none(), "the 17th is computed in full");
         assert_eq!(c.bytes(), 16, "each update replaced the place's term");
     }
@@ -397,11 +384,11 @@ mod tests {
     fn a_term_larger_than_the_budget_is_not_kept() {
         let c = TermCache::new(15, 1);
         let m = member("x", 0);
-        c.put(&m, 2, None, 8, term(1.0));
+        c.put(&m, 2, None, 8, term(1.0), 0);
         assert!(c.get(&m, 2, None).is_none());
         assert_eq!(c.bytes(), 0);
         let off = TermCache::new(0, 1);
-        off.put(&m, 2, None, 8, term(1.0));
+        off.put(&m, 2, None, 8, term(1.0), 0);
         assert!(off.get(&m, 2, None).is_none());
     }
 }
