@@ -87,13 +87,19 @@ pub(super) fn anchored_start(
     let mut perms = spec.identity();
     let mut phase = vec![None; n];
     let touching = touching(spec);
+    // Anchored members are those whose other axes *no* group permutes:
+    // their rows compare A with raw B. (Marking groups known while
+    // anchoring would anchor each layer's FFN and heads groups on the
+    // residual stream's axis too, comparing rows of A with rows of B whose
+    // residual axis is still unpermuted.)
+    let none = vec![false; n];
     let mut known = vec![false; n];
     let child = steps.children();
     for g in 0..n {
         if child[g] {
             continue;
         }
-        let anchored = informative(spec, g, a, &touching, &known)?;
+        let anchored = informative(spec, g, a, &touching, &none)?;
         if anchored.is_empty() {
             continue;
         }

@@ -80,6 +80,31 @@ fn heads_move_on_an_independently_trained_gpt2_pair() {
 }
 
 #[test]
+fn only_the_residual_stream_is_anchored_and_each_layer_s_groups_are_propagated_from_it() {
+    // Each layer's FFN and heads groups act on tensors whose other axis is
+    // the residual stream: solved from A's rows against raw B's rows they
+    // would compare B in the wrong residual order, so they are visited
+    // with the residual permutation applied instead.
+    let (a, b) = (trained("llama/seed0"), trained("llama/seed1"));
+    let spec = resolve(&SpecSource::Infer, None, &[&a, &b]).unwrap();
+    let r = weight_matching(&spec, &a, &b, &AlignOptions::default(), &Silent).unwrap();
+    // How each group named `…suffix` started, as the JSON report says it.
+    let start = |suffix: &str| -> Vec<String> {
+        r.groups
+            .iter()
+            .filter(|g| g.name.ends_with(suffix))
+            .map(|g| serde_json::to_value(g.start).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(start("residual"), vec!["\"anchored\""]);
+    for suffix in [".ffn", ".heads"] {
+        let s = start(suffix);
+        assert_eq!(s.len(), 3, "{suffix}: one group per layer");
+        assert!(s.iter().all(|p| p == "\"propagated\""), "{suffix}: {s:?}");
+    }
+}
+
+#[test]
 fn a_permuted_trained_gpt2_is_recovered_exactly_at_every_seed() {
     let (ok, objectives) = recovered_seeds("gpt2/seed0", "gpt2/seed0_permuted");
     assert_eq!(ok, (0..10).collect::<Vec<_>>(), "objectives {objectives:?}");
