@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""A 7B-shaped LLaMA pair for an end-to-end alignment run (issue 12, item 4).
+
+    python3 scripts/make_llama_align_pair_7b.py DIR [--layers 32]
+
+writes DIR/a/model.safetensors (one file), DIR/b/model-0000{1..3}-of-00003
+.safetensors + index (B sharded in module order), a config.json for each, and
+DIR/truth.perm.json (polymerge-perm/1: per group, the permutation that maps B
+back onto A).
+
+Shape: LLaMA-2-7B (d_model 4096, FFN 11008, 32 heads = 32 KV heads of 128,
+32 layers, vocabulary 32000, untied LM head): 6,738,415,616 parameters,
+13.5 GB of bf16 per model. A: random bf16 bit patterns (random sign and
+mantissa, exponents for magnitudes in [2^-10, 2^-2), norm weights in [1, 2)),
+one numpy PCG64 stream per tensor. B: A permuted in the residual stream,
+every layer's heads, FFN units and V/O dimensions within heads (one
+permutation shared by a layer's heads, a subset of the per-head symmetry
+polymerge infers), then noise: the two lowest mantissa bits of every value
+replaced by random ones (at most 3/128 relative, ~1% rms).
+
+This is `make_llama_align_pair.py`'s construction at 7B scale with integer
+bit operations instead of Gaussian floats, so generating runs near disk
+speed (the Gaussian version would take about an hour at this size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_llama_align_pair import head_index  # noqa: E402
+
+VOCAB, D, FFN, HEADS, HD = 32000, 4096, 11008, 32, 128
+SHARDS = 3
+
+
+def tensors(layers: int):
+    out = [("model.embed_tokens.weight", (VOCAB, D))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out += [
+            (p + "self_attn.q_proj.weight", (HEADS * HD, D)),
+            (p + "self_attn.k_proj.weight", (HEADS * HD, D)),
+            (p + "self_attn.v_proj.weight", (HEADS * HD, D)),
+            (p + "self_attn.o_proj.weight", (D, HEADS * HD)),
+            (p + "mlp.gate_proj.weight", (FFN, D)),
+            (p + "mlp.up_proj.weight", (FFN, D)),
+            (p + "mlp.down_proj.weight", (D, FFN)),
+            (p + "input_layernorm.weight", (D,)),
+            (p + "post_attention_layernorm.weight", (D,)),
+        ]
+    return out + [("model.norm.weight", (D,)), ("lm_head.weight", (VOCAB, D))]
+
+
+def a_bits(name: str, shape) -> np.ndarray:
+    """A's tensor as bf16 bit patterns (uint16), deterministic per name."""
+    g = np.random.default_rng([int.from_bytes(name.encode()[-8:].ljust(8, b"\0"), "little"), len(name), 42])
+    u = g.integers(0, 1 << 16, size=shape, dtype=np.uint16)
+    if len(shape) == 1:  # [1, 2): exponent 127, random mantissa
+        return (u & np.uint16(0x7F)) | np.uint16(127 << 7)
+    exp = np.uint16(117) + ((u >> np.uint16(7)) & np.uint16(7))  # 2^-10 .. 2^-3
+    return (u & np.uint16(0x807F)) | (exp << np.uint16(7))
+
+
+def write_file(path: Path, items, produce) -> None:
+    header, off = {}, 0
+    for name, shape in items:
+        n = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for name, _ in items:
+            f.write(np.ascontiguousarray(produce(name)).tobytes())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--layers", type=int, default=32)
+    args = ap.parse_args()
+    items = tensors(args.layers)
+    shapes = dict(items)
+    rng = np.random.default_rng(1234)
+    groups = {"residual": rng.permutation(D)}
+    for i in range(args.layers):
+        groups[f"layers.{i}.heads"] = rng.permutation(HEADS)
+        groups[f"layers.{i}.vo_dims"] = rng.permutation(HD)
+        groups[f"layers.{i}.ffn"] = rng.permutation(FFN)
+    r = groups["residual"]
+    ident, zero = np.arange(HD), np.zeros(1, dtype=np.int64)
+
+    def b_bits(name):
+        x = a_bits(name, shapes[name])
+        if name.endswith("norm.weight"):
+            x = x[r]
+        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
+            x = x[:, r]
+        else:
+            i = name.split(".")[2]
+            kh, vo, f = (groups[f"layers.{i}.{k}"] for k in ("heads", "vo_dims", "ffn"))
+            if "q_proj" in name or "k_proj" in name:
+                x = x[head_index(kh, zero, ident)][:, r]
+            elif "v_proj" in name:
+                x = x[head_index(kh, zero, vo)][:, r]
+            elif "o_proj" in name:
+                x = x[r][:, head_index(kh, zero, vo)]
+            elif "gate_proj" in name or "up_proj" in name:
+                x = x[f][:, r]
+            elif "down_proj" in name:
+                x = x[r][:, f]
+            else:
+                raise ValueError(name)
+        g = np.random.default_rng([len(name), sum(name.encode()), 7])
+        noise = g.integers(0, 4, size=x.shape, dtype=np.uint16)
+        return (x & np.uint16(0xFFFC)) | noise
+
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": D,
+        "intermediate_size": FFN, "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+        "num_hidden_layers": args.layers, "vocab_size": VOCAB, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
+    for sub in ("a", "b"):
+        (args.dir / sub).mkdir(parents=True, exist_ok=True)
+        (args.dir / sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_file(args.dir / "a" / "model.safetensors", sorted(items), lambda n: a_bits(n, shapes[n]))
+    per = (len(items) + SHARDS - 1) // SHARDS
+    weight_map = {}
+    for k in range(SHARDS):
+        part = items[k * per : (k + 1) * per]
+        fname = f"model-{k + 1:05d}-of-{SHARDS:05d}.safetensors"
+        write_file(args.dir / "b" / fname, sorted(part), b_bits)
+        weight_map.update({n: fname for n, _ in part})
+    (args.dir / "b" / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1) + "\n")
+    inv = {k: np.argsort(v).tolist() for k, v in groups.items()}
+    (args.dir / "truth.perm.json").write_text(json.dumps({"format": "polymerge-perm/1", "groups": inv}) + "\n")
+    print("parameters", sum(int(np.prod(s)) for _, s in items))
+
+
+if __name__ == "__main__":
+    main()
