@@ -189,9 +189,11 @@ fn a_file_size_limit_ends_in_one_error_line_and_no_temporary() {
 fn an_input_truncated_while_mapped_ends_in_one_error_line_and_no_temporary() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    // 2 × 16 Mi f32: long enough to average that it is caught mid-read.
+    // 2 × 16 Mi f32 (128 MiB): long enough to average that it is caught
+    // mid-read even when the machine is busy (with 2 × 4 Mi, a loaded
+    // 2-core machine once let the merge finish before the stop landed).
     let big = dir.path().join("big.safetensors");
-    let n = 4 << 20;
+    let n = 16 << 20;
     let data: Vec<u8> = (0..n).flat_map(|i: u32| (i as f32).to_le_bytes()).collect();
     crate::common::write_safetensors(
         &big,
