@@ -370,52 +370,40 @@ fn avg_in(dir: &Path, args: &[&str]) {
         .success();
 }
 
-#[test]
-fn forcing_the_output_onto_the_first_input_replaces_it_with_the_correct_average() {
+/// `avg a b -o TARGET --force` with TARGET one of the inputs: TARGET holds
+/// the average, the other input is untouched, nothing else is left.
+fn assert_forcing_onto_an_input_replaces_it(target: &str) {
     let dir = two_inputs();
     avg_in(
         dir.path(),
-        &[
-            "a.safetensors",
-            "b.safetensors",
-            "-o",
-            "a.safetensors",
-            "--force",
-        ],
+        &["a.safetensors", "b.safetensors", "-o", target, "--force"],
     );
     let want = read_file(&fixture("expected/avg_ab_f32.safetensors"));
     assert_same_tensors(
-        &read_file(&dir.path().join("a.safetensors")).tensors,
+        &read_file(&dir.path().join(target)).tensors,
         &want.tensors,
-        "a overwritten",
+        &format!("{target} overwritten"),
     );
+    let (other, original) = if target == "a.safetensors" {
+        ("b.safetensors", "b_f32.safetensors")
+    } else {
+        ("a.safetensors", "a_f32.safetensors")
+    };
     assert_eq!(
-        fs::read(dir.path().join("b.safetensors")).unwrap(),
-        fs::read(fixture("b_f32.safetensors")).unwrap()
+        fs::read(dir.path().join(other)).unwrap(),
+        fs::read(fixture(original)).unwrap()
     );
     assert_eq!(listing(dir.path()), vec!["a.safetensors", "b.safetensors"]);
 }
 
 #[test]
+fn forcing_the_output_onto_the_first_input_replaces_it_with_the_correct_average() {
+    assert_forcing_onto_an_input_replaces_it("a.safetensors");
+}
+
+#[test]
 fn forcing_the_output_onto_the_second_input_replaces_it_with_the_correct_average() {
-    let dir = two_inputs();
-    avg_in(
-        dir.path(),
-        &[
-            "a.safetensors",
-            "b.safetensors",
-            "-o",
-            "b.safetensors",
-            "--force",
-        ],
-    );
-    let want = read_file(&fixture("expected/avg_ab_f32.safetensors"));
-    assert_same_tensors(
-        &read_file(&dir.path().join("b.safetensors")).tensors,
-        &want.tensors,
-        "b overwritten",
-    );
-    assert_eq!(listing(dir.path()), vec!["a.safetensors", "b.safetensors"]);
+    assert_forcing_onto_an_input_replaces_it("b.safetensors");
 }
 
 #[test]
