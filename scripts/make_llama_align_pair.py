@@ -40,22 +40,24 @@ VOCAB, D, FFN, HEADS, KV, LAYERS = 32000, 2048, 5632, 16, 4, 8
 HD = D // HEADS
 
 
-def tensors(layers: int):
-    out = [("model.embed_tokens.weight", (VOCAB, D))]
+def tensors(layers: int, d=D, ffn=FFN, heads=HEADS, kv=KV, vocab=VOCAB):
+    """[(name, shape)] of a LLaMA of these widths, in module order."""
+    hd = d // heads
+    out = [("model.embed_tokens.weight", (vocab, d))]
     for i in range(layers):
         p = f"model.layers.{i}."
         out += [
-            (p + "self_attn.q_proj.weight", (HEADS * HD, D)),
-            (p + "self_attn.k_proj.weight", (KV * HD, D)),
-            (p + "self_attn.v_proj.weight", (KV * HD, D)),
-            (p + "self_attn.o_proj.weight", (D, HEADS * HD)),
-            (p + "mlp.gate_proj.weight", (FFN, D)),
-            (p + "mlp.up_proj.weight", (FFN, D)),
-            (p + "mlp.down_proj.weight", (D, FFN)),
-            (p + "input_layernorm.weight", (D,)),
-            (p + "post_attention_layernorm.weight", (D,)),
+            (p + "self_attn.q_proj.weight", (heads * hd, d)),
+            (p + "self_attn.k_proj.weight", (kv * hd, d)),
+            (p + "self_attn.v_proj.weight", (kv * hd, d)),
+            (p + "self_attn.o_proj.weight", (d, heads * hd)),
+            (p + "mlp.gate_proj.weight", (ffn, d)),
+            (p + "mlp.up_proj.weight", (ffn, d)),
+            (p + "mlp.down_proj.weight", (d, ffn)),
+            (p + "input_layernorm.weight", (d,)),
+            (p + "post_attention_layernorm.weight", (d,)),
         ]
-    out += [("model.norm.weight", (D,)), ("lm_head.weight", (VOCAB, D))]
+    out += [("model.norm.weight", (d,)), ("lm_head.weight", (vocab, d))]
     return out
 
 
@@ -70,8 +72,9 @@ def head_index(kv, grp, dim):
     return ((kv[:, None, None] * g + grp[None, :, None]) * hd + dim[None, None, :]).reshape(-1)
 
 
-def write_file(path: Path, items, produce):
-    """items: [(name, shape)]; produce(name) -> f32 array. Header first."""
+def write_file(path: Path, items, produce, encode=bf16_bytes):
+    """items: [(name, shape)]; produce(name) -> an array that `encode` turns
+    into the tensor's bf16 bytes (default: f32 values, rounded). Header first."""
     header, off = {}, 0
     for name, shape in items:
         n = int(np.prod(shape)) * 2
@@ -84,7 +87,7 @@ def write_file(path: Path, items, produce):
         f.write(struct.pack("<Q", len(h)))
         f.write(h)
         for name, _ in items:
-            f.write(bf16_bytes(produce(name)))
+            f.write(encode(produce(name)))
 
 
 def main() -> None:

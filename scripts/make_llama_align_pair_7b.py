@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -35,27 +34,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_llama_align_pair import head_index  # noqa: E402
+from make_llama_align_pair import tensors as llama_tensors  # noqa: E402
+from make_llama_align_pair import write_file as write_bf16_file  # noqa: E402
 
 VOCAB, D, FFN, HEADS, HD = 32000, 4096, 11008, 32, 128
 SHARDS = 3
 
 
 def tensors(layers: int):
-    out = [("model.embed_tokens.weight", (VOCAB, D))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out += [
-            (p + "self_attn.q_proj.weight", (HEADS * HD, D)),
-            (p + "self_attn.k_proj.weight", (HEADS * HD, D)),
-            (p + "self_attn.v_proj.weight", (HEADS * HD, D)),
-            (p + "self_attn.o_proj.weight", (D, HEADS * HD)),
-            (p + "mlp.gate_proj.weight", (FFN, D)),
-            (p + "mlp.up_proj.weight", (FFN, D)),
-            (p + "mlp.down_proj.weight", (D, FFN)),
-            (p + "input_layernorm.weight", (D,)),
-            (p + "post_attention_layernorm.weight", (D,)),
-        ]
-    return out + [("model.norm.weight", (D,)), ("lm_head.weight", (VOCAB, D))]
+    return llama_tensors(layers, d=D, ffn=FFN, heads=HEADS, kv=HEADS, vocab=VOCAB)
 
 
 def a_bits(name: str, shape) -> np.ndarray:
@@ -69,19 +56,8 @@ def a_bits(name: str, shape) -> np.ndarray:
 
 
 def write_file(path: Path, items, produce) -> None:
-    header, off = {}, 0
-    for name, shape in items:
-        n = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    header["__metadata__"] = {"format": "pt"}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for name, _ in items:
-            f.write(np.ascontiguousarray(produce(name)).tobytes())
+    """`produce(name)` gives bf16 bit patterns, written as they are."""
+    write_bf16_file(path, items, produce, encode=lambda x: np.ascontiguousarray(x).tobytes())
 
 
 def main() -> None:
