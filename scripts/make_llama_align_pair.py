@@ -72,6 +72,34 @@ def head_index(kv, grp, dim):
     return ((kv[:, None, None] * g + grp[None, :, None]) * hd + dim[None, None, :]).reshape(-1)
 
 
+def permuted_like_b(x: np.ndarray, name: str, groups: dict, hd: int) -> np.ndarray:
+    """A's tensor `name` moved by `groups` (new unit u = A's unit q[u]):
+    residual, and per layer heads, query heads per KV head (absent: one),
+    within-head V/O dimensions and FFN units."""
+    r = groups["residual"]
+    if name.endswith("norm.weight"):
+        return x[r]
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return x[:, r]
+    i = name.split(".")[2]
+    ident, zero = np.arange(hd), np.zeros(1, dtype=np.int64)
+    kh, vo, f = (groups[f"layers.{i}.{k}"] for k in ("heads", "vo_dims", "ffn"))
+    qg = groups.get(f"layers.{i}.query_heads", zero)
+    if "q_proj" in name:
+        return x[head_index(kh, qg, ident)][:, r]
+    if "k_proj" in name:
+        return x[head_index(kh, zero, ident)][:, r]
+    if "v_proj" in name:
+        return x[head_index(kh, zero, vo)][:, r]
+    if "o_proj" in name:
+        return x[r][:, head_index(kh, qg, vo)]
+    if "gate_proj" in name or "up_proj" in name:
+        return x[f][:, r]
+    if "down_proj" in name:
+        return x[r][:, f]
+    raise ValueError(name)
+
+
 def write_file(path: Path, items, produce, encode=bf16_bytes):
     """items: [(name, shape)]; produce(name) -> an array that `encode` turns
     into the tensor's bf16 bytes (default: f32 values, rounded). Header first."""
@@ -106,9 +134,6 @@ def main() -> None:
         groups[f"layers.{i}.query_heads"] = rng.permutation(HEADS // KV)
         groups[f"layers.{i}.vo_dims"] = rng.permutation(HD)
         groups[f"layers.{i}.ffn"] = rng.permutation(FFN)
-    r = groups["residual"]
-    ident = np.arange(HD)
-    zero = np.zeros(1, dtype=np.int64)
 
     def a_tensor(name):
         seed = int.from_bytes(name.encode()[-8:].ljust(8, b"\0"), "little") ^ len(name)
@@ -119,31 +144,7 @@ def main() -> None:
         return (0.02 * g.standard_normal(shape, dtype=np.float32)).astype(np.float32)
 
     def b_tensor(name):
-        x = a_tensor(name)
-        if name.endswith("norm.weight"):
-            x = x[r]
-        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
-            x = x[:, r]
-        else:
-            i = name.split(".")[2]
-            kh = groups[f"layers.{i}.heads"]
-            qg = groups[f"layers.{i}.query_heads"]
-            vo = groups[f"layers.{i}.vo_dims"]
-            f = groups[f"layers.{i}.ffn"]
-            if "q_proj" in name:
-                x = x[head_index(kh, qg, ident)][:, r]
-            elif "k_proj" in name:
-                x = x[head_index(kh, zero, ident)][:, r]
-            elif "v_proj" in name:
-                x = x[head_index(kh, zero, vo)][:, r]
-            elif "o_proj" in name:
-                x = x[r][:, head_index(kh, qg, vo)]
-            elif "gate_proj" in name or "up_proj" in name:
-                x = x[f][:, r]
-            elif "down_proj" in name:
-                x = x[r][:, f]
-            else:
-                raise ValueError(name)
+        x = permuted_like_b(a_tensor(name), name, groups, HD)
         g = np.random.default_rng([len(name), sum(name.encode()), 7])
         std = float(x.std())
         return x + (args.noise * std) * g.standard_normal(x.shape, dtype=np.float32)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_llama_align_pair import head_index  # noqa: E402
+from make_llama_align_pair import permuted_like_b  # noqa: E402
 from make_llama_align_pair import tensors as llama_tensors  # noqa: E402
 from make_llama_align_pair import write_file as write_bf16_file  # noqa: E402
 
@@ -73,30 +73,9 @@ def main() -> None:
         groups[f"layers.{i}.heads"] = rng.permutation(HEADS)
         groups[f"layers.{i}.vo_dims"] = rng.permutation(HD)
         groups[f"layers.{i}.ffn"] = rng.permutation(FFN)
-    r = groups["residual"]
-    ident, zero = np.arange(HD), np.zeros(1, dtype=np.int64)
 
     def b_bits(name):
-        x = a_bits(name, shapes[name])
-        if name.endswith("norm.weight"):
-            x = x[r]
-        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
-            x = x[:, r]
-        else:
-            i = name.split(".")[2]
-            kh, vo, f = (groups[f"layers.{i}.{k}"] for k in ("heads", "vo_dims", "ffn"))
-            if "q_proj" in name or "k_proj" in name:
-                x = x[head_index(kh, zero, ident)][:, r]
-            elif "v_proj" in name:
-                x = x[head_index(kh, zero, vo)][:, r]
-            elif "o_proj" in name:
-                x = x[r][:, head_index(kh, zero, vo)]
-            elif "gate_proj" in name or "up_proj" in name:
-                x = x[f][:, r]
-            elif "down_proj" in name:
-                x = x[r][:, f]
-            else:
-                raise ValueError(name)
+        x = permuted_like_b(a_bits(name, shapes[name]), name, groups, HD)
         g = np.random.default_rng([len(name), sum(name.encode()), 7])
         noise = g.integers(0, 4, size=x.shape, dtype=np.uint16)
         return (x & np.uint16(0xFFFC)) | noise
