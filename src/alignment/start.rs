@@ -23,6 +23,7 @@
 //! only (`anchors`); MLP, CNN and ResNet specs start from the identity.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use super::source::WeightSource;
 use super::step::Visit;
@@ -208,6 +209,11 @@ fn informative(
 /// `S = Σ_m Z(A_m) Z(B_m)ᵀ` over the given members of group `g`, where
 /// `Z` puts each unit's row (unit axis first, the rest flattened) minus its
 /// mean, divided by its norm (a constant row stays zero).
+///
+/// A member whose units are consecutive columns of a matrix (an embedding
+/// or an LM head on the residual stream) is standardised column by column
+/// where it lies and multiplied as `Z(A)ᵀ Z(B)`, with no transposed copy:
+/// the same sums in the same order, so the same bits as the row layout.
 fn anchored_similarity(
     spec: &PermutationSpec,
     g: usize,
@@ -222,19 +228,29 @@ fn anchored_similarity(
         let m = &group.members[k];
         let shape = a.shape(&m.tensor)?;
         let units = unit_positions(m, n);
-        let za = standardized(similarity::unit_rows(
-            &a.read(&m.tensor)?,
-            &shape,
-            m.axis,
-            &units,
-        ));
-        let zb = standardized(similarity::unit_rows(
-            &b.read(&m.tensor)?,
-            &shape,
-            m.axis,
-            &units,
-        ));
-        for (x, y) in s.iter_mut().zip(za.dot(&zb.t()).iter()) {
+        let product = match unit_columns(&shape, m.axis, &units) {
+            Some(cols) => {
+                let za = standardized_columns(a.read(&m.tensor)?, &shape, cols.clone());
+                let zb = standardized_columns(b.read(&m.tensor)?, &shape, cols);
+                za.t().dot(&zb)
+            }
+            None => {
+                let za = standardized(similarity::unit_rows(
+                    &a.read(&m.tensor)?,
+                    &shape,
+                    m.axis,
+                    &units,
+                ));
+                let zb = standardized(similarity::unit_rows(
+                    &b.read(&m.tensor)?,
+                    &shape,
+                    m.axis,
+                    &units,
+                ));
+                za.dot(&zb.t())
+            }
+        };
+        for (x, y) in s.iter_mut().zip(product.iter()) {
             *x += *y as f64;
         }
     }
@@ -257,6 +273,69 @@ fn standardized(mut x: ndarray::Array2<f32>) -> ndarray::Array2<f32> {
         }
     }
     x
+}
+
+/// The columns `cols` of a `[rows, width]` matrix when unit `u` is exactly
+/// column `cols.start + u` of a tensor of `shape` (units on the last of two
+/// axes, one position each, in order); `None` for any other layout.
+fn unit_columns(shape: &[usize], axis: usize, units: &[Vec<usize>]) -> Option<Range<usize>> {
+    if shape.len() != 2 || axis != 1 {
+        return None;
+    }
+    let first = *units.first()?.first()?;
+    let consecutive = units
+        .iter()
+        .enumerate()
+        .all(|(u, p)| p.len() == 1 && p[0] == first + u);
+    (consecutive && first + units.len() <= shape[1]).then_some(first..first + units.len())
+}
+
+/// Columns `cols` of the `[rows, width]` matrix `x`, each minus its mean and
+/// scaled to unit norm (zero columns stay zero): [`standardized`] of the
+/// transpose, transposed, with every column's sums taken in row order like
+/// a row's (both start from −0.0, as `Iterator::sum` does), so the values
+/// are the same bits.
+fn standardized_columns(x: Vec<f32>, shape: &[usize], cols: Range<usize>) -> ndarray::Array2<f32> {
+    let (rows, width) = (shape[0], shape[1]);
+    let n = cols.len();
+    let mut z = if cols == (0..width) {
+        x
+    } else {
+        (0..rows)
+            .flat_map(|r| {
+                x[r * width + cols.start..r * width + cols.end]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    if n == 0 {
+        return ndarray::Array2::from_shape_vec((rows, 0), z).expect("empty columns");
+    }
+    let mut mean = vec![-0.0f64; n];
+    for row in z.chunks_exact(n) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    let len = rows.max(1) as f64;
+    mean.iter_mut().for_each(|m| *m /= len);
+    let mut norm = vec![-0.0f64; n];
+    for row in z.chunks_exact_mut(n) {
+        for ((v, &m), q) in row.iter_mut().zip(&mean).zip(norm.iter_mut()) {
+            *v = (*v as f64 - m) as f32;
+            *q += (*v as f64) * (*v as f64);
+        }
+    }
+    norm.iter_mut().for_each(|q| *q = q.sqrt());
+    for row in z.chunks_exact_mut(n) {
+        for (v, &q) in row.iter_mut().zip(&norm) {
+            if q > 0.0 {
+                *v = (*v as f64 / q) as f32;
+            }
+        }
+    }
+    ndarray::Array2::from_shape_vec((rows, n), z).expect("rows × columns")
 }
 
 #[cfg(test)]
