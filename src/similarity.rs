@@ -74,7 +74,11 @@ pub fn accumulate_f32(
 /// Adds `Σ ⟨A[units[i]], B[units[j]]⟩` to the `n × n` matrix `s`, where
 /// `units[u]` lists the axis positions of unit `u` explicitly (every unit the
 /// same number, in matching order). Used for groups whose positions have
-/// been relabelled through the groups composed after them.
+/// been relabelled through the groups composed after them, and for the
+/// Gram blocks of joint head steps. When unit `u` is just position `u` of
+/// the whole axis, the tensor is multiplied where it lies ([`accumulate`]):
+/// the same products, without copying it unit-major (a transpose, element
+/// by element, for a column axis).
 pub fn accumulate_positions(
     s: &mut [f64],
     a: &[f32],
@@ -83,6 +87,15 @@ pub fn accumulate_positions(
     axis: usize,
     units: &[Vec<usize>],
 ) {
+    let n = units.len();
+    let whole_axis = n == shape[axis]
+        && units
+            .iter()
+            .enumerate()
+            .all(|(u, p)| p.len() == 1 && p[0] == u);
+    if whole_axis {
+        return accumulate(s, a, b, shape, &AxisMember::plain("", axis), n);
+    }
     let g = unit_rows(a, shape, axis, units).dot(&unit_rows(b, shape, axis, units).t());
     for (x, y) in s.iter_mut().zip(g.iter()) {
         *x += *y as f64;
@@ -223,6 +236,31 @@ mod tests {
                 );
             }
             assert_eq!(whole, chunked);
+        }
+    }
+
+    #[test]
+    fn units_that_are_the_whole_axis_in_order_give_the_bits_of_the_unit_major_copy() {
+        // shape [37, 29, 23]: every axis in turn, units = its positions in
+        // order; large enough for several packed panels of the GEMM.
+        let shape = [37, 29, 23];
+        let len: usize = shape.iter().product();
+        let a: Vec<f32> = (0..len)
+            .map(|x| ((x * 37) % 101) as f32 / 8.0 - 6.0)
+            .collect();
+        let b: Vec<f32> = (0..len)
+            .map(|x| ((x * 53) % 89) as f32 / 16.0 - 2.5)
+            .collect();
+        for axis in 0..3 {
+            let units: Vec<Vec<usize>> = (0..shape[axis]).map(|u| vec![u]).collect();
+            let n = units.len();
+            let mut fast = vec![0.0; n * n];
+            accumulate_positions(&mut fast, &a, &b, &shape, axis, &units);
+            let g =
+                unit_rows(&a, &shape, axis, &units).dot(&unit_rows(&b, &shape, axis, &units).t());
+            let copied: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&copied), "axis {axis}");
         }
     }
 
