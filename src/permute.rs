@@ -179,16 +179,13 @@ pub fn gather<T: Copy>(
             }
             Some(m) => {
                 let (to, from) = (&mut out[o..o + take * elem], &m[col..col + take]);
+                // One arm per common width, so each inlined copy has a
+                // size known at compile time (a move, not a `memcpy` call).
                 match elem {
-                    1 => gather_row::<T, 1>(src, src_row, from, to),
-                    2 => gather_row::<T, 2>(src, src_row, from, to),
-                    4 => gather_row::<T, 4>(src, src_row, from, to),
-                    _ => {
-                        for (j, &c) in from.iter().enumerate() {
-                            let s = (src_row + c) * elem;
-                            to[j * elem..(j + 1) * elem].copy_from_slice(&src[s..s + elem]);
-                        }
-                    }
+                    1 => gather_row(src, 1, src_row, from, to),
+                    2 => gather_row(src, 2, src_row, from, to),
+                    4 => gather_row(src, 4, src_row, from, to),
+                    e => gather_row(src, e, src_row, from, to),
                 }
             }
         }
@@ -197,15 +194,15 @@ pub fn gather<T: Copy>(
     }
 }
 
-/// `to[j·E..(j+1)·E] = src[(src_row + from[j])·E..]`: one row gathered
-/// through its last axis' map, `E` values per element. With `E` known at
-/// compile time (f32 values, bf16/f16 bytes, f32 bytes) each copy is a
-/// move of that size instead of a call to `memcpy`.
-#[inline]
-fn gather_row<T: Copy, const E: usize>(src: &[T], src_row: usize, from: &[usize], to: &mut [T]) {
-    for (t, &c) in to.chunks_exact_mut(E).zip(from) {
-        let s = (src_row + c) * E;
-        t.copy_from_slice(&src[s..s + E]);
+/// `to[j·e..(j+1)·e] = src[(src_row + from[j])·e..]`: one row gathered
+/// through its last axis' map, `e` values per element. Always inlined, so
+/// a caller passing a constant `e` (f32 values, bf16/f16 bytes, f32 bytes)
+/// gets copies of that fixed size.
+#[inline(always)]
+fn gather_row<T: Copy>(src: &[T], e: usize, src_row: usize, from: &[usize], to: &mut [T]) {
+    for (t, &c) in to.chunks_exact_mut(e).zip(from) {
+        let s = (src_row + c) * e;
+        t.copy_from_slice(&src[s..s + e]);
     }
 }
 

@@ -88,18 +88,25 @@ pub fn accumulate_positions(
     units: &[Vec<usize>],
 ) {
     let n = units.len();
-    let whole_axis = n == shape[axis]
-        && units
-            .iter()
-            .enumerate()
-            .all(|(u, p)| p.len() == 1 && p[0] == u);
-    if whole_axis {
+    if n == shape[axis] && consecutive_positions(units) == Some(0) {
         return accumulate(s, a, b, shape, &AxisMember::plain("", axis), n);
     }
     let g = unit_rows(a, shape, axis, units).dot(&unit_rows(b, shape, axis, units).t());
     for (x, y) in s.iter_mut().zip(g.iter()) {
         *x += *y as f64;
     }
+}
+
+/// `Some(first)` when unit `u` is exactly the one axis position
+/// `first + u` (consecutive single positions, in order); `None` otherwise
+/// or for no units.
+pub(crate) fn consecutive_positions(units: &[Vec<usize>]) -> Option<usize> {
+    let first = *units.first()?.first()?;
+    units
+        .iter()
+        .enumerate()
+        .all(|(u, p)| p.len() == 1 && p[0] == first + u)
+        .then_some(first)
 }
 
 /// The tensor `x` of `shape` as one row per unit: row `u` holds every

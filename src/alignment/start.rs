@@ -282,12 +282,8 @@ fn unit_columns(shape: &[usize], axis: usize, units: &[Vec<usize>]) -> Option<Ra
     if shape.len() != 2 || axis != 1 {
         return None;
     }
-    let first = *units.first()?.first()?;
-    let consecutive = units
-        .iter()
-        .enumerate()
-        .all(|(u, p)| p.len() == 1 && p[0] == first + u);
-    (consecutive && first + units.len() <= shape[1]).then_some(first..first + units.len())
+    let first = similarity::consecutive_positions(units)?;
+    (first + units.len() <= shape[1]).then_some(first..first + units.len())
 }
 
 /// Columns `cols` of the `[rows, width]` matrix `x`, each minus its mean and
