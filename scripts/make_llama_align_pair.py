@@ -118,6 +118,45 @@ def write_file(path: Path, items, produce, encode=bf16_bytes):
             f.write(encode(produce(name)))
 
 
+def group_permutations(rng, layers: int, d: int, heads: int, hd: int, ffn: int, query_heads=None) -> dict:
+    """B's permutation of every group (new unit u of B = A's unit q[u]), drawn
+    from `rng` in this order: the residual stream, then per layer its `heads`
+    (KV) heads, the query heads inside each KV head (if `query_heads`), the
+    V/O dimensions shared by the layer's heads, the FFN units."""
+    groups = {"residual": rng.permutation(d)}
+    for i in range(layers):
+        groups[f"layers.{i}.heads"] = rng.permutation(heads)
+        if query_heads:
+            groups[f"layers.{i}.query_heads"] = rng.permutation(query_heads)
+        groups[f"layers.{i}.vo_dims"] = rng.permutation(hd)
+        groups[f"layers.{i}.ffn"] = rng.permutation(ffn)
+    return groups
+
+
+def write_pair(out: Path, items, config: dict, groups: dict, a_tensor, b_tensor, write=write_file) -> None:
+    """Writes the pair under `out`: a config.json each, A as one file (name
+    order, as `safetensors` writes), B as three shards in module order with
+    its index, and truth.perm.json (per group, the permutation mapping B
+    back onto A); `write(path, items, produce)` writes one file."""
+    for sub in ("a", "b"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write(out / "a" / "model.safetensors", sorted(items), a_tensor)
+    per = (len(items) + 2) // 3
+    shards = [items[k : k + per] for k in range(0, len(items), per)]
+    weight_map = {}
+    for k, part in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        write(out / "b" / fname, sorted(part), b_tensor)
+        weight_map.update({n: fname for n, _ in part})
+    (out / "b" / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1) + "\n"
+    )
+    inv = {k: np.argsort(v).tolist() for k, v in groups.items()}
+    (out / "truth.perm.json").write_text(json.dumps({"format": "polymerge-perm/1", "groups": inv}) + "\n")
+    print("parameters", sum(int(np.prod(s)) for _, s in items))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dir", type=Path)
@@ -127,13 +166,7 @@ def main() -> None:
     items = tensors(args.layers)
     shapes = dict(items)
     rng = np.random.default_rng(1234)
-    # Permutations (new unit u of B = A's unit q[u]).
-    groups = {"residual": rng.permutation(D)}
-    for i in range(args.layers):
-        groups[f"layers.{i}.heads"] = rng.permutation(KV)
-        groups[f"layers.{i}.query_heads"] = rng.permutation(HEADS // KV)
-        groups[f"layers.{i}.vo_dims"] = rng.permutation(HD)
-        groups[f"layers.{i}.ffn"] = rng.permutation(FFN)
+    groups = group_permutations(rng, args.layers, D, KV, HD, FFN, query_heads=HEADS // KV)
 
     def a_tensor(name):
         seed = int.from_bytes(name.encode()[-8:].ljust(8, b"\0"), "little") ^ len(name)
@@ -161,25 +194,7 @@ def main() -> None:
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
     }
-    for sub in ("a", "b"):
-        (args.dir / sub).mkdir(parents=True, exist_ok=True)
-        (args.dir / sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    # A: one file, name order (as `safetensors` writes).
-    write_file(args.dir / "a" / "model.safetensors", sorted(items), a_tensor)
-    # B: three shards in module order.
-    per = (len(items) + 2) // 3
-    shards = [items[k : k + per] for k in range(0, len(items), per)]
-    weight_map = {}
-    for k, part in enumerate(shards):
-        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        write_file(args.dir / "b" / fname, sorted(part), b_tensor)
-        weight_map.update({n: fname for n, _ in part})
-    (args.dir / "b" / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1) + "\n"
-    )
-    inv = {k: np.argsort(v).tolist() for k, v in groups.items()}
-    (args.dir / "truth.perm.json").write_text(json.dumps({"format": "polymerge-perm/1", "groups": inv}) + "\n")
-    print("parameters", sum(int(np.prod(s)) for _, s in items))
+    write_pair(args.dir, items, config, groups, a_tensor, b_tensor)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_llama_align_pair import permuted_like_b  # noqa: E402
+from make_llama_align_pair import group_permutations, permuted_like_b, write_pair  # noqa: E402
 from make_llama_align_pair import tensors as llama_tensors  # noqa: E402
 from make_llama_align_pair import write_file as write_bf16_file  # noqa: E402
 
 VOCAB, D, FFN, HEADS, HD = 32000, 4096, 11008, 32, 128
-SHARDS = 3
 
 
 def tensors(layers: int):
@@ -68,11 +67,7 @@ def main() -> None:
     items = tensors(args.layers)
     shapes = dict(items)
     rng = np.random.default_rng(1234)
-    groups = {"residual": rng.permutation(D)}
-    for i in range(args.layers):
-        groups[f"layers.{i}.heads"] = rng.permutation(HEADS)
-        groups[f"layers.{i}.vo_dims"] = rng.permutation(HD)
-        groups[f"layers.{i}.ffn"] = rng.permutation(FFN)
+    groups = group_permutations(rng, args.layers, D, HEADS, HD, FFN)
 
     def b_bits(name):
         x = permuted_like_b(a_bits(name, shapes[name]), name, groups, HD)
@@ -86,22 +81,7 @@ def main() -> None:
         "num_hidden_layers": args.layers, "vocab_size": VOCAB, "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
     }
-    for sub in ("a", "b"):
-        (args.dir / sub).mkdir(parents=True, exist_ok=True)
-        (args.dir / sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    write_file(args.dir / "a" / "model.safetensors", sorted(items), lambda n: a_bits(n, shapes[n]))
-    per = (len(items) + SHARDS - 1) // SHARDS
-    weight_map = {}
-    for k in range(SHARDS):
-        part = items[k * per : (k + 1) * per]
-        fname = f"model-{k + 1:05d}-of-{SHARDS:05d}.safetensors"
-        write_file(args.dir / "b" / fname, sorted(part), b_bits)
-        weight_map.update({n: fname for n, _ in part})
-    (args.dir / "b" / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1) + "\n")
-    inv = {k: np.argsort(v).tolist() for k, v in groups.items()}
-    (args.dir / "truth.perm.json").write_text(json.dumps({"format": "polymerge-perm/1", "groups": inv}) + "\n")
-    print("parameters", sum(int(np.prod(s)) for _, s in items))
+    write_pair(args.dir, items, config, groups, lambda n: a_bits(n, shapes[n]), b_bits, write=write_file)
 
 
 if __name__ == "__main__":
