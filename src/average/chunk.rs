@@ -5,11 +5,13 @@
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use safetensors::Dtype;
 
 use super::SUB_ELEMS;
+use crate::basin::PairSums;
 use crate::checkpoint::dtype;
 use crate::checkpoint::stream::TensorSource;
 use crate::kernels;
@@ -63,6 +65,8 @@ struct Scratch {
     acc64: Vec<f64>,
     x64: Vec<f64>,
     bytes: Vec<u8>,
+    /// One work item of each input the basin sums use, decoded to f32.
+    decoded: Vec<Vec<f32>>,
 }
 
 thread_local! {
@@ -144,6 +148,103 @@ pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
             })
         });
     into_counts(counts)
+}
+
+/// What [`average_chunk_f32_summed`] returns besides the output bytes.
+pub(super) struct SummedChunk {
+    /// NaN/Inf count of each input over the range.
+    pub counts: Vec<u64>,
+    /// The basin sums of each pair, one list per work item of
+    /// [`SUB_ELEMS`] elements, in range order.
+    pub sums: Vec<Vec<PairSums>>,
+    /// Time the work items spent summing, over all threads.
+    pub busy: Duration,
+}
+
+/// [`average_chunk_f32`] that also takes the basin check's [`PairSums`] of
+/// `pairs` (indices into `sources`) from the same reads. Each input a pair
+/// uses is decoded once per work item into f32, with the decoder the
+/// averaging kernel itself runs ([`kernels::decode_f32`]); the sums are
+/// taken over those values and the average is accumulated from them
+/// ([`kernels::accumulate_values_f32`]), so the output bytes, the NaN/Inf
+/// counts and the sums are bit for bit those of averaging, then decoding
+/// the inputs a second time and summing each work item with
+/// [`PairSums::of`] — with one read and one decode of the inputs instead
+/// of two. Inputs no pair uses are accumulated from their bytes as in
+/// [`average_chunk_f32`].
+pub(super) fn average_chunk_f32_summed<I: ChunkInputs + ?Sized>(
+    sources: &I,
+    weights: &[f32],
+    divisor: f32,
+    out_dtype: Dtype,
+    range: Range<usize>,
+    out: &mut [u8],
+    pairs: &[(usize, usize)],
+) -> SummedChunk {
+    let out_elem = dtype::size_of(out_dtype);
+    let counts = new_counts(sources.len());
+    let used: Vec<bool> = (0..sources.len())
+        .map(|i| pairs.iter().any(|&(a, b)| a == i || b == i))
+        .collect();
+    let busy = AtomicU64::new(0);
+    let sums = out
+        .par_chunks_mut(SUB_ELEMS * out_elem)
+        .enumerate()
+        .map(|(k, out_block)| {
+            SCRATCH.with_borrow_mut(|s| {
+                let Scratch {
+                    acc32,
+                    bytes,
+                    decoded,
+                    ..
+                } = s;
+                let n = out_block.len() / out_elem;
+                let lo = range.start + k * SUB_ELEMS;
+                decoded.resize_with(sources.len(), Vec::new);
+                for (i, values) in decoded.iter_mut().enumerate().filter(|(i, _)| used[*i]) {
+                    // Every value is overwritten: no need to clear.
+                    if values.len() < n {
+                        values.resize(n, 0.0);
+                    }
+                    let b = sources.fetch(i, lo..lo + n, bytes);
+                    kernels::decode_f32(sources.dtype(i), b, &mut values[..n]);
+                }
+                let t0 = Instant::now();
+                let sums: Vec<PairSums> = pairs
+                    .iter()
+                    .map(|&(i, j)| PairSums::of(&decoded[i][..n], &decoded[j][..n]))
+                    .collect();
+                busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                acc32.resize(MINI_ELEMS, 0.0);
+                let mut m0 = 0;
+                while m0 < n {
+                    let m = MINI_ELEMS.min(n - m0);
+                    let acc = &mut acc32[..m];
+                    for (i, &w) in weights.iter().enumerate() {
+                        // The first term overwrites acc (Python's `0 + w·x`).
+                        let bad = if used[i] {
+                            kernels::accumulate_values_f32(&decoded[i][m0..m0 + m], w, acc, i == 0)
+                        } else {
+                            let b = sources.fetch(i, lo + m0..lo + m0 + m, bytes);
+                            kernels::accumulate_f32(sources.dtype(i), b, w, acc, i == 0)
+                        };
+                        if bad != 0 {
+                            counts[i].fetch_add(bad, Ordering::Relaxed);
+                        }
+                    }
+                    let out = &mut out_block[m0 * out_elem..(m0 + m) * out_elem];
+                    kernels::divide_encode_f32(acc, divisor, out_dtype, out);
+                    m0 += m;
+                }
+                sums
+            })
+        })
+        .collect();
+    SummedChunk {
+        counts: into_counts(counts),
+        sums,
+        busy: Duration::from_nanos(busy.into_inner()),
+    }
 }
 
 /// As [`average_chunk_f32`] with f64 arithmetic.

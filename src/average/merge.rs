@@ -5,11 +5,12 @@
 use std::sync::mpsc::{channel, sync_channel};
 use std::time::Instant;
 
-use super::chunk::{average_chunk_f32, average_chunk_f64};
+use super::chunk::{average_chunk_f32, average_chunk_f32_summed, average_chunk_f64};
 use super::linear::{LinearWeights, linear_chunk};
 use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Numerics, Plan};
 use crate::checkpoint::dtype;
-use crate::checkpoint::stream::{ChunkSink, Chunks, TensorSource};
+use crate::basin::PairSumsSink;
+use crate::checkpoint::stream::{Chunks, TensorSource};
 use crate::error::{Error, MismatchError, Result, TensorError};
 use crate::observe::{Event, Observer, Phase};
 use crate::write::CheckpointWriter;
@@ -21,15 +22,15 @@ const QUEUE_DEPTH: usize = 8;
 
 /// Runs a planned merge into `writer` and puts the output in place,
 /// reporting [`Phase::Merge`] progress (output bytes) to `observer`. With a
-/// `sink`, every chunk of every averaged tensor is handed to it too, from
-/// the same reads.
+/// `sink`, the basin sums of every averaged tensor are taken too, from the
+/// same reads.
 pub fn run(
     inputs: &[MergeInput],
     plan: &Plan,
     opts: &MergeOptions,
     writer: CheckpointWriter,
     observer: &dyn Observer,
-    sink: Option<&mut dyn ChunkSink>,
+    sink: Option<&mut PairSumsSink>,
 ) -> Result<MergeReport> {
     stream(inputs, plan, opts, writer, observer, sink)?.finish(observer)
 }
@@ -108,15 +109,17 @@ impl Pending {
 }
 
 /// As [`run`], leaving the output [`Pending`]: every planned tensor
-/// streamed from the inputs into `writer` (and every averaged chunk into
-/// `sink`).
+/// streamed from the inputs into `writer` (and the basin sums of every
+/// averaged chunk into `sink`: taken inside the f32 averaging kernel from
+/// the values it decodes, or for the other kernels by the sink from the
+/// same chunk).
 pub fn stream(
     inputs: &[MergeInput],
     plan: &Plan,
     opts: &MergeOptions,
     writer: CheckpointWriter,
     observer: &dyn Observer,
-    mut sink: Option<&mut dyn ChunkSink>,
+    mut sink: Option<&mut PairSumsSink>,
 ) -> Result<Pending> {
     let start = Instant::now();
     let weights32: Vec<f32> = opts.weights.iter().map(|&w| w as f32).collect();
@@ -193,6 +196,8 @@ pub fn stream(
                     // overwritten below.
                     let mut buf = back_rx.try_recv().unwrap_or_default();
                     buf.resize(range.len() * out_elem, 0);
+                    // Whether the kernel took the chunk's basin sums itself.
+                    let mut summed = false;
                     let c = match pt.action {
                         Action::Copy | Action::CopyExact => {
                             let mut scratch = Vec::new();
@@ -203,6 +208,20 @@ pub fn stream(
                             let mut scratch = Vec::new();
                             buf.copy_from_slice(sources[from].fetch(range.clone(), &mut scratch));
                             None
+                        }
+                        Action::AverageF32 if let Some(s) = sink.as_deref_mut() => {
+                            let c = average_chunk_f32_summed(
+                                sources.as_slice(),
+                                &weights32,
+                                sum64 as f32,
+                                pt.plan.dtype,
+                                range.clone(),
+                                &mut buf,
+                                s.pairs(),
+                            );
+                            s.add_parts(&c.sums, c.busy);
+                            summed = true;
+                            Some(c.counts)
                         }
                         Action::AverageF32 => Some(average_chunk_f32(
                             sources.as_slice(),
@@ -232,7 +251,10 @@ pub fn stream(
                     if let Some(c) = c {
                         counts.iter_mut().zip(c).for_each(|(a, b)| *a += b);
                     }
-                    if averaged && let Some(s) = sink.as_deref_mut() {
+                    if averaged
+                        && !summed
+                        && let Some(s) = sink.as_deref_mut()
+                    {
                         s.chunk(&sources, range.clone());
                     }
                     if tx.send(buf).is_err() {

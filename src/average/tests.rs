@@ -100,3 +100,82 @@ fn the_mergekit_linear_kernel_rounds_to_the_compute_dtype_before_the_output_dtyp
     );
     assert_eq!(f32::from_le_bytes(out[..4].try_into().unwrap()), 0.5);
 }
+
+/// SplitMix64 values in about ±4 (with every 97th a NaN, ±Inf or ±0), as
+/// `dtype` little-endian bytes.
+fn pattern(seed: u64, n: usize, dtype: Dtype) -> Vec<u8> {
+    let mut state = seed;
+    let values: Vec<f32> = (0..n)
+        .map(|k| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            match (k % 97, z % 5) {
+                (0, 0) => f32::NAN,
+                (0, 1) => f32::INFINITY,
+                (0, 2) => f32::NEG_INFINITY,
+                (0, 3) => -0.0,
+                (0, _) => 0.0,
+                _ => ((z >> 11) as f64 / (1u64 << 53) as f64 * 8.0 - 4.0) as f32,
+            }
+        })
+        .collect();
+    let mut bytes = vec![0u8; n * crate::checkpoint::dtype::size_of(dtype)];
+    crate::kernels::encode_f32(dtype, &values, &mut bytes);
+    bytes
+}
+
+#[test]
+fn taking_the_basin_sums_inside_the_merge_changes_no_output_byte_count_or_sum() {
+    // Tensors over several work items with a ragged tail, a small one, and
+    // NaN/±Inf/±0 among the values; three inputs, the basin pairs using all
+    // of them or leaving one out (accumulated from its bytes).
+    let big = 2 * SUB_ELEMS + 1003;
+    let dir = tempfile::tempdir().unwrap();
+    for dt in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+        let files: Vec<_> = (0..3u64)
+            .map(|k| {
+                let path = dir.path().join(format!("{dt:?}_{k}.safetensors"));
+                let (w, b) = (pattern(k, big, dt), pattern(10 + k, 37, dt));
+                let views = [
+                    ("w", safetensors::tensor::TensorView::new(dt, vec![big], &w).unwrap()),
+                    ("b", safetensors::tensor::TensorView::new(dt, vec![37], &b).unwrap()),
+                ];
+                std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+                Checkpoint::open(&path).unwrap()
+            })
+            .collect();
+        let inputs: Vec<MergeInput> = files.iter().map(MergeInput::plain).collect();
+        let opts = MergeOptions::uniform(3);
+        let plan = plan(&inputs, &opts).unwrap();
+        let merge = |name: &str, sink: Option<&mut PairSumsSink>| {
+            let out = dir.path().join(format!("{dt:?}_{name}.safetensors"));
+            let writer = CheckpointWriter::create(
+                OutputLayout::File(out.clone()),
+                plan.tensor_plans(),
+                BTreeMap::new(),
+                false,
+            )
+            .unwrap();
+            let report = run(&inputs, &plan, &opts, writer, &(), sink).unwrap();
+            let counts: Vec<(String, u64)> = report
+                .nonfinite
+                .iter()
+                .map(|n| (n.tensor.clone(), n.count))
+                .collect();
+            (std::fs::read(out).unwrap(), counts)
+        };
+        let (plain, plain_counts) = merge("plain", None);
+        assert!(!plain_counts.is_empty(), "{dt:?}: the inputs hold NaN/Inf");
+        for (k, pairs) in [vec![(0, 1), (0, 2), (1, 2)], vec![(2, 0)]].iter().enumerate() {
+            let mut sink = PairSumsSink::new(pairs);
+            let (summed, counts) = merge(&format!("summed{k}"), Some(&mut sink));
+            assert!(summed == plain, "{dt:?} {pairs:?}: output bytes differ");
+            assert_eq!(counts, plain_counts, "{dt:?} {pairs:?}");
+            let want = stream_sums(&inputs, pairs, &()).unwrap();
+            assert_eq!(sink.into_sums(), want, "{dt:?} {pairs:?}");
+        }
+    }
+}

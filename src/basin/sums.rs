@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::checkpoint::dtype;
-use crate::checkpoint::stream::{ChunkSink, Chunks, MergeInput, SUB_ELEMS, TensorSource};
+use crate::checkpoint::stream::{Chunks, MergeInput, SUB_ELEMS, TensorSource};
 use crate::error::{MismatchError, Result, UsageError};
 use crate::kernels::{self, SUM_LANES};
 use crate::observe::{Event, Observer, Phase};
@@ -129,8 +129,10 @@ thread_local! {
 pub type TensorSums = Vec<(String, Vec<usize>, PairSums)>;
 
 /// Accumulates the [`PairSums`] of pairs `(i, j)` of a pass's sources,
-/// chunk by chunk: a [`ChunkSink`], so the sums can be taken from any pass
-/// (the basin check's own, or the merge's).
+/// chunk by chunk, so the sums can be taken from any pass: the basin
+/// check's own ([`stream_sums`]), or the merge's, which either hands it its
+/// chunks ([`Self::chunk`]) or, averaging in f32, takes the sums from the
+/// values it decodes anyway and hands over those ([`Self::add_parts`]).
 ///
 /// Each chunk is split into work items of [`SUB_ELEMS`] elements (chunks are
 /// whole multiples of it) whose sums are added in order, so the result does
@@ -167,7 +169,7 @@ impl PairSumsSink {
         &self.pairs
     }
 
-    /// Seconds spent in [`ChunkSink::chunk`] so far.
+    /// Seconds spent summing so far.
     pub fn seconds(&self) -> f64 {
         self.busy.as_secs_f64()
     }
@@ -178,13 +180,16 @@ impl PairSumsSink {
     }
 }
 
-impl ChunkSink for PairSumsSink {
-    fn begin(&mut self, name: &str, shape: &[usize]) {
+impl PairSumsSink {
+    /// Float tensor `name` of `shape` starts.
+    pub fn begin(&mut self, name: &str, shape: &[usize]) {
         self.tensor = Some((name.to_string(), shape.to_vec()));
         self.current = vec![PairSums::default(); self.pairs.len()];
     }
 
-    fn chunk(&mut self, sources: &[TensorSource<'_>], range: Range<usize>) {
+    /// Elements `range` of the current tensor, from `sources` (one per
+    /// input of the pass, in input order): decoded and summed here.
+    pub fn chunk(&mut self, sources: &[TensorSource<'_>], range: Range<usize>) {
         let t0 = Instant::now();
         let slot = |i: usize| self.used.iter().position(|&u| u == i).expect("used input");
         let subs: Vec<Range<usize>> = range
@@ -213,15 +218,22 @@ impl ChunkSink for PairSumsSink {
                 })
             })
             .collect();
-        for part in &parts {
+        self.add_parts(&parts, t0.elapsed());
+    }
+
+    /// The sums of a chunk's work items of [`SUB_ELEMS`] elements, in
+    /// order (one [`PairSums`] per pair each), taken elsewhere in `busy`.
+    pub fn add_parts(&mut self, parts: &[Vec<PairSums>], busy: Duration) {
+        for part in parts {
             for (s, p) in self.current.iter_mut().zip(part) {
                 s.add(p);
             }
         }
-        self.busy += t0.elapsed();
+        self.busy += busy;
     }
 
-    fn end(&mut self) {
+    /// The current tensor is done.
+    pub fn end(&mut self) {
         let (name, shape) = self.tensor.take().expect("a tensor was begun");
         for (o, s) in self.out.iter_mut().zip(&self.current) {
             o.push((name.clone(), shape.clone(), *s));

@@ -6,10 +6,9 @@
 //! as stored or through a permutation ([`TensorSource`]), in chunks of at
 //! most [`CHUNK_ELEMS`] elements ([`Chunks`]); the input pages a chunk
 //! consumed are dropped from the resident set (`madvise(DONTNEED)`) every
-//! [`RELEASE_BYTES`], so peak memory does not grow with model size. A pass
-//! can hand every chunk it reads to a [`ChunkSink`] as well, so that one
-//! read of the inputs serves two computations (the merge and the basin
-//! sums, for instance).
+//! [`RELEASE_BYTES`], so peak memory does not grow with model size. One
+//! read of the inputs can serve two computations: the merge pass takes the
+//! basin sums from the chunks it reads ([`crate::basin::PairSumsSink`]).
 
 use std::ops::Range;
 
@@ -249,19 +248,6 @@ impl Iterator for Chunks<'_, '_> {
         self.offset = Some(end);
         Some(start..end)
     }
-}
-
-/// A consumer of the chunks a pass reads: it sees every chunk of every
-/// float tensor the pass streams, from the same sources, so a second
-/// computation costs no second read of the inputs.
-pub trait ChunkSink {
-    /// Float tensor `name` of `shape` starts.
-    fn begin(&mut self, name: &str, shape: &[usize]);
-    /// Elements `range` of the current tensor, from `sources` (one per
-    /// input of the pass, in input order).
-    fn chunk(&mut self, sources: &[TensorSource<'_>], range: Range<usize>);
-    /// The current tensor is done.
-    fn end(&mut self);
 }
 
 #[cfg(test)]

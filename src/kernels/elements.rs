@@ -212,6 +212,21 @@ impl<const FIRST: bool> Kernel<u32, f32> for AccumulateF32<FIRST> {
     }
 }
 
+/// As [`AccumulateBf16`] for values already decoded to f32.
+pub(super) struct AccumulateValues<const FIRST: bool>(pub(super) f32);
+impl<const FIRST: bool> Kernel<f32, f32> for AccumulateValues<FIRST> {
+    #[inline(always)]
+    fn run(&self, src: &[f32], acc: &mut [f32]) -> u32 {
+        let w = self.0;
+        let mut bad = 0u32;
+        for (a, &x) in acc.iter_mut().zip(src) {
+            bad += u32::from(!x.is_finite());
+            add_term::<FIRST>(a, w, x);
+        }
+        bad
+    }
+}
+
 /// As [`AccumulateBf16`] for words of `D`ecoded elements (F16, F64).
 pub(super) struct AccumulateVia<D, const FIRST: bool>(pub(super) D, pub(super) f32);
 impl<W: Copy, D: Kernel<W, f32>, const FIRST: bool> Kernel<W, f32> for AccumulateVia<D, FIRST> {

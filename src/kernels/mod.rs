@@ -30,7 +30,7 @@ pub use sums::SUM_LANES;
 pub(crate) use sums::lane_sums_generic;
 
 pub use crate::sys::simd::{
-    Isa, accumulate_f32, accumulate_f32_on, decode_f32, decode_f32_on, divide_encode_f32,
+    Isa, accumulate_f32, accumulate_f32_on, accumulate_values_f32, accumulate_values_f32_on, decode_f32, decode_f32_on, divide_encode_f32,
     divide_encode_f32_on, encode_f32, encode_f32_on, lane_sums, lane_sums_on,
 };
 
@@ -143,6 +143,28 @@ fn accumulate_impl<const FIRST: bool>(dtype: Dtype, bytes: &[u8], w: f32, acc: &
         Dtype::F64 => for_words::<u64, _, _>(bytes, acc, &AccumulateVia::<_, FIRST>(DecodeF64, w)),
         other => panic!("accumulate_f32 called on non-float dtype {other:?}"),
     }
+}
+
+/// [`accumulate_f32_generic`] for values already decoded to f32 (what
+/// [`decode_f32`] gives for any float dtype): the same `w * x` and add per
+/// element, and the same count of NaN/±Inf values.
+#[inline(always)]
+pub(crate) fn accumulate_values_f32_generic(x: &[f32], w: f32, acc: &mut [f32], first: bool) -> u64 {
+    assert!(
+        x.len() >= acc.len(),
+        "accumulate_values_f32: {} values for {} elements",
+        x.len(),
+        acc.len()
+    );
+    let mut bad = 0u64;
+    for (x, acc) in x.chunks(BLOCK).zip(acc.chunks_mut(BLOCK)) {
+        bad += u64::from(if first {
+            AccumulateValues::<true>(w).run(x, acc)
+        } else {
+            AccumulateValues::<false>(w).run(x, acc)
+        });
+    }
+    bad
 }
 
 #[inline(always)]

@@ -170,6 +170,10 @@ fn assert_version_gives_the_baseline_bits(isa: Isa, dispatch: bool) {
         true => accumulate_f32(dt, b, w, acc, first),
         false => accumulate_f32_on(isa, dt, b, w, acc, first),
     };
+    let accumulate_values = |x: &[f32], w, acc: &mut [f32], first| match dispatch {
+        true => accumulate_values_f32(x, w, acc, first),
+        false => accumulate_values_f32_on(isa, x, w, acc, first),
+    };
     let divide = |acc: &[f32], div, dt, o: &mut [u8]| match dispatch {
         true => divide_encode_f32(acc, div, dt, o),
         false => divide_encode_f32_on(isa, acc, div, dt, o),
@@ -215,11 +219,16 @@ fn assert_version_gives_the_baseline_bits(isa: Isa, dispatch: bool) {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&d1), bits(&d2), "{isa:?} decode {dt:?}");
             let (mut a1, mut a2) = (vec![0f32; vals.len()], vec![0f32; vals.len()]);
+            let mut a3 = vec![0f32; vals.len()];
             for first in [true, false] {
                 let n1 = accumulate(dt, bytes, 0.3, &mut a1, first);
                 let n2 = accumulate_f32_generic(dt, bytes, 0.3, &mut a2, first);
                 assert_eq!(n1, n2, "{isa:?} accumulate count {dt:?}");
                 assert_eq!(bits(&a1), bits(&a2), "{isa:?} accumulate {dt:?}");
+                // Accumulating the decoded values is accumulating the bytes.
+                let n3 = accumulate_values(&d2, 0.3, &mut a3, first);
+                assert_eq!(n3, n2, "{isa:?} accumulate_values count {dt:?}");
+                assert_eq!(bits(&a3), bits(&a2), "{isa:?} accumulate_values {dt:?}");
             }
             for div in [2.0, 3.0] {
                 divide(&a1, div, dt, &mut e1);

@@ -38,7 +38,6 @@ use crate::average::{
 };
 use crate::basin::{self, Assessment, PairSumsSink, Thresholds, Verdict};
 use crate::checkpoint::Checkpoint;
-use crate::checkpoint::stream::ChunkSink;
 use crate::error::{Error, OutputError, Result, UsageError};
 use crate::permute::ModelPermutation;
 use crate::write::{self, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, OutputLayout, WriteMode};
@@ -333,8 +332,14 @@ impl<'a> Merge<'a> {
         // The basin sums come from the merge's own reads (one pass over the
         // inputs); the output stays a temporary until the gate has spoken.
         let mut sums = gate_pairs.map(|p| PairSumsSink::new(&p));
-        let sink = sums.as_mut().map(|s| s as &mut dyn ChunkSink);
-        let pending = average::stream(&inputs, &plan, &self.options, writer, observer, sink)?;
+        let pending = average::stream(
+            &inputs,
+            &plan,
+            &self.options,
+            writer,
+            observer,
+            sums.as_mut(),
+        )?;
         if let Some(sums) = sums {
             self.check_basin(&inputs, sums, observer)?;
         }

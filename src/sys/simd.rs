@@ -1,5 +1,6 @@
 //! Run-time dispatch of the SIMD kernels: each of [`decode_f32`],
-//! [`encode_f32`], [`accumulate_f32`] and [`divide_encode_f32`] runs its
+//! [`encode_f32`], [`accumulate_f32`], [`accumulate_values_f32`] and
+//! [`divide_encode_f32`] runs its
 //! generic body (`crate::kernels`, an `#[inline(always)]` function) compiled
 //! for the widest vector extension the CPU has — on x86-64, AVX-512 (F, BW,
 //! VL) or AVX2 when detected at run time, else the baseline (SSE2). The
@@ -16,7 +17,7 @@ use safetensors::Dtype;
 
 use crate::kernels::SUM_LANES;
 use crate::kernels::{
-    accumulate_f32_generic, decode_f32_generic, divide_encode_f32_generic, encode_f32_generic,
+    accumulate_f32_generic, accumulate_values_f32_generic, decode_f32_generic, divide_encode_f32_generic, encode_f32_generic,
     lane_sums_generic,
 };
 
@@ -159,6 +160,22 @@ multiversion! {
         acc: &mut [f32],
         first: bool,
     ) -> u64 = accumulate_f32_generic;
+}
+
+multiversion! {
+    /// [`accumulate_f32`] for values already decoded to f32: `acc[j] += w *
+    /// x[j]` (with `first`, `acc[j] = 0.0 + w * x[j]`), one multiply and one
+    /// add each rounded; returns how many of the values are NaN or ±Inf.
+    /// Accumulating the values [`decode_f32`] gives from some bytes is bit
+    /// for bit [`accumulate_f32`] of those bytes.
+    ///
+    /// Panics if `x` is shorter than `acc`.
+    pub fn accumulate_values_f32 / accumulate_values_f32_on(
+        x: &[f32],
+        w: f32,
+        acc: &mut [f32],
+        first: bool,
+    ) -> u64 = accumulate_values_f32_generic;
 }
 
 multiversion! {
