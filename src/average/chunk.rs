@@ -105,52 +105,10 @@ pub fn average_slices_f32(
             "input shorter than output"
         );
     }
-    average_chunk_f32(inputs, weights, divisor, out_dtype, 0..n, out)
+    average_chunk_f32(inputs, weights, divisor, out_dtype, 0..n, out, &[]).counts
 }
 
-/// Averages output elements `range` into `out` with f32 arithmetic; returns
-/// the NaN/Inf count of each input over the range.
-pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
-    sources: &I,
-    weights: &[f32],
-    divisor: f32,
-    out_dtype: Dtype,
-    range: Range<usize>,
-    out: &mut [u8],
-) -> Vec<u64> {
-    let out_elem = dtype::size_of(out_dtype);
-    let counts = new_counts(sources.len());
-    out.par_chunks_mut(SUB_ELEMS * out_elem)
-        .enumerate()
-        .for_each(|(k, out_block)| {
-            SCRATCH.with_borrow_mut(|s| {
-                let n = out_block.len() / out_elem;
-                let lo = range.start + k * SUB_ELEMS;
-                s.acc32.resize(MINI_ELEMS, 0.0);
-                // Pieces of MINI_ELEMS, so that the accumulators stay in L1.
-                let mut m0 = 0;
-                while m0 < n {
-                    let m = MINI_ELEMS.min(n - m0);
-                    let piece = lo + m0..lo + m0 + m;
-                    let acc = &mut s.acc32[..m];
-                    for (i, &w) in weights.iter().enumerate() {
-                        let bytes = sources.fetch(i, piece.clone(), &mut s.bytes);
-                        // The first term overwrites acc (Python's `0 + w·x`).
-                        let bad = kernels::accumulate_f32(sources.dtype(i), bytes, w, acc, i == 0);
-                        if bad != 0 {
-                            counts[i].fetch_add(bad, Ordering::Relaxed);
-                        }
-                    }
-                    let out = &mut out_block[m0 * out_elem..(m0 + m) * out_elem];
-                    kernels::divide_encode_f32(acc, divisor, out_dtype, out);
-                    m0 += m;
-                }
-            })
-        });
-    into_counts(counts)
-}
-
-/// What [`average_chunk_f32_summed`] returns besides the output bytes.
+/// What [`average_chunk_f32`] returns besides the output bytes.
 pub(super) struct SummedChunk {
     /// NaN/Inf count of each input over the range.
     pub counts: Vec<u64>,
@@ -161,18 +119,21 @@ pub(super) struct SummedChunk {
     pub busy: Duration,
 }
 
-/// [`average_chunk_f32`] that also takes the basin check's [`PairSums`] of
-/// `pairs` (indices into `sources`) from the same reads. Each input a pair
-/// uses is decoded once per work item into f32, with the decoder the
-/// averaging kernel itself runs ([`kernels::decode_f32`]); the sums are
-/// taken over those values and the average is accumulated from them
-/// ([`kernels::accumulate_values_f32`]), so the output bytes, the NaN/Inf
-/// counts and the sums are bit for bit those of averaging, then decoding
-/// the inputs a second time and summing each work item with
-/// [`PairSums::of`] — with one read and one decode of the inputs instead
-/// of two. Inputs no pair uses are accumulated from their bytes as in
-/// [`average_chunk_f32`].
-pub(super) fn average_chunk_f32_summed<I: ChunkInputs + ?Sized>(
+/// Averages output elements `range` into `out` with f32 arithmetic, and
+/// takes the basin check's [`PairSums`] of `pairs` (indices into
+/// `sources`; none for a merge without the check) from the same reads.
+///
+/// Each work item of [`SUB_ELEMS`] elements folds every input into
+/// L1-resident accumulators, [`MINI_ELEMS`] at a time. An input no pair
+/// uses is accumulated straight from its bytes ([`kernels::accumulate_f32`]);
+/// an input a pair uses is decoded once per work item into f32 with the
+/// decoder that kernel runs ([`kernels::decode_f32`]), summed, and
+/// accumulated from those values ([`kernels::accumulate_values_f32`]). So
+/// the output bytes and NaN/Inf counts are the same with or without pairs,
+/// and the sums are bit for bit those of decoding the inputs again and
+/// summing each work item with [`PairSums::of`], with one read and one
+/// decode of the inputs instead of two.
+pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
     sources: &I,
     weights: &[f32],
     divisor: f32,
@@ -209,12 +170,17 @@ pub(super) fn average_chunk_f32_summed<I: ChunkInputs + ?Sized>(
                     let b = sources.fetch(i, lo..lo + n, bytes);
                     kernels::decode_f32(sources.dtype(i), b, &mut values[..n]);
                 }
-                let t0 = Instant::now();
-                let sums: Vec<PairSums> = pairs
-                    .iter()
-                    .map(|&(i, j)| PairSums::of(&decoded[i][..n], &decoded[j][..n]))
-                    .collect();
-                busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                let sums: Vec<PairSums> = if pairs.is_empty() {
+                    Vec::new()
+                } else {
+                    let t0 = Instant::now();
+                    let sums = pairs
+                        .iter()
+                        .map(|&(i, j)| PairSums::of(&decoded[i][..n], &decoded[j][..n]))
+                        .collect();
+                    busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    sums
+                };
                 acc32.resize(MINI_ELEMS, 0.0);
                 let mut m0 = 0;
                 while m0 < n {

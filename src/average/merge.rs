@@ -5,11 +5,11 @@
 use std::sync::mpsc::{channel, sync_channel};
 use std::time::Instant;
 
-use super::chunk::{average_chunk_f32, average_chunk_f32_summed, average_chunk_f64};
+use super::chunk::{average_chunk_f32, average_chunk_f64};
 use super::linear::{LinearWeights, linear_chunk};
 use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Numerics, Plan};
-use crate::checkpoint::dtype;
 use crate::basin::PairSumsSink;
+use crate::checkpoint::dtype;
 use crate::checkpoint::stream::{Chunks, TensorSource};
 use crate::error::{Error, MismatchError, Result, TensorError};
 use crate::observe::{Event, Observer, Phase};
@@ -128,6 +128,8 @@ pub fn stream(
         Numerics::MergekitLinear { normalize, .. } => LinearWeights::new(&opts.weights, normalize),
         Numerics::Mean => LinearWeights::new(&opts.weights, false),
     };
+    // The pairs whose basin sums the f32 kernel takes (none without a sink).
+    let sum_pairs: Vec<(usize, usize)> = sink.as_deref().map_or(Vec::new(), |s| s.pairs().to_vec());
     let mut nonfinite = Vec::new();
     let mut counters: Vec<String> = Vec::new();
     let mut counter_from = None;
@@ -209,28 +211,22 @@ pub fn stream(
                             buf.copy_from_slice(sources[from].fetch(range.clone(), &mut scratch));
                             None
                         }
-                        Action::AverageF32 if let Some(s) = sink.as_deref_mut() => {
-                            let c = average_chunk_f32_summed(
+                        Action::AverageF32 => {
+                            let c = average_chunk_f32(
                                 sources.as_slice(),
                                 &weights32,
                                 sum64 as f32,
                                 pt.plan.dtype,
                                 range.clone(),
                                 &mut buf,
-                                s.pairs(),
+                                &sum_pairs,
                             );
-                            s.add_parts(&c.sums, c.busy);
-                            summed = true;
+                            if let Some(s) = sink.as_deref_mut() {
+                                s.add_parts(&c.sums, c.busy);
+                                summed = true;
+                            }
                             Some(c.counts)
                         }
-                        Action::AverageF32 => Some(average_chunk_f32(
-                            sources.as_slice(),
-                            &weights32,
-                            sum64 as f32,
-                            pt.plan.dtype,
-                            range.clone(),
-                            &mut buf,
-                        )),
                         Action::Linear { compute } => Some(linear_chunk(
                             sources.as_slice(),
                             &linear,

@@ -1,4 +1,5 @@
-//! Tests of the merge pass: a chunk sink sees exactly what the pass reads.
+//! Tests of the merge pass: the basin sums it takes are those of a pass of
+//! their own, and taking them changes no output byte.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,17 @@ use crate::write::{CheckpointWriter, OutputLayout};
 
 fn fixture(name: &str) -> Checkpoint {
     Checkpoint::open(format!("{}/fixtures/io/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A writer of `plan`'s tensors to the file `out`.
+fn writer_at(out: &std::path::Path, plan: &Plan) -> CheckpointWriter {
+    CheckpointWriter::create(
+        OutputLayout::File(out.to_path_buf()),
+        plan.tensor_plans(),
+        BTreeMap::new(),
+        false,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -31,15 +43,16 @@ fn a_sink_in_the_merge_pass_gets_the_same_pair_sums_as_the_basin_pass() {
         let plan = plan(&inputs, &opts).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("m.safetensors");
-        let writer = CheckpointWriter::create(
-            OutputLayout::File(out.clone()),
-            plan.tensor_plans(),
-            BTreeMap::new(),
-            false,
+        let mut sink = PairSumsSink::new(&pairs);
+        run(
+            &inputs,
+            &plan,
+            &opts,
+            writer_at(&out, &plan),
+            &(),
+            Some(&mut sink),
         )
         .unwrap();
-        let mut sink = PairSumsSink::new(&pairs);
-        run(&inputs, &plan, &opts, writer, &(), Some(&mut sink)).unwrap();
         let got = sink.into_sums();
         // Every float tensor, in the same order, with bit-identical sums.
         assert_eq!(got.len(), 2);
@@ -140,8 +153,14 @@ fn taking_the_basin_sums_inside_the_merge_changes_no_output_byte_count_or_sum() 
                 let path = dir.path().join(format!("{dt:?}_{k}.safetensors"));
                 let (w, b) = (pattern(k, big, dt), pattern(10 + k, 37, dt));
                 let views = [
-                    ("w", safetensors::tensor::TensorView::new(dt, vec![big], &w).unwrap()),
-                    ("b", safetensors::tensor::TensorView::new(dt, vec![37], &b).unwrap()),
+                    (
+                        "w",
+                        safetensors::tensor::TensorView::new(dt, vec![big], &w).unwrap(),
+                    ),
+                    (
+                        "b",
+                        safetensors::tensor::TensorView::new(dt, vec![37], &b).unwrap(),
+                    ),
                 ];
                 std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
                 Checkpoint::open(&path).unwrap()
@@ -152,14 +171,7 @@ fn taking_the_basin_sums_inside_the_merge_changes_no_output_byte_count_or_sum() 
         let plan = plan(&inputs, &opts).unwrap();
         let merge = |name: &str, sink: Option<&mut PairSumsSink>| {
             let out = dir.path().join(format!("{dt:?}_{name}.safetensors"));
-            let writer = CheckpointWriter::create(
-                OutputLayout::File(out.clone()),
-                plan.tensor_plans(),
-                BTreeMap::new(),
-                false,
-            )
-            .unwrap();
-            let report = run(&inputs, &plan, &opts, writer, &(), sink).unwrap();
+            let report = run(&inputs, &plan, &opts, writer_at(&out, &plan), &(), sink).unwrap();
             let counts: Vec<(String, u64)> = report
                 .nonfinite
                 .iter()
@@ -169,7 +181,10 @@ fn taking_the_basin_sums_inside_the_merge_changes_no_output_byte_count_or_sum() 
         };
         let (plain, plain_counts) = merge("plain", None);
         assert!(!plain_counts.is_empty(), "{dt:?}: the inputs hold NaN/Inf");
-        for (k, pairs) in [vec![(0, 1), (0, 2), (1, 2)], vec![(2, 0)]].iter().enumerate() {
+        for (k, pairs) in [vec![(0, 1), (0, 2), (1, 2)], vec![(2, 0)]]
+            .iter()
+            .enumerate()
+        {
             let mut sink = PairSumsSink::new(pairs);
             let (summed, counts) = merge(&format!("summed{k}"), Some(&mut sink));
             assert!(summed == plain, "{dt:?} {pairs:?}: output bytes differ");

@@ -30,8 +30,9 @@ pub use sums::SUM_LANES;
 pub(crate) use sums::lane_sums_generic;
 
 pub use crate::sys::simd::{
-    Isa, accumulate_f32, accumulate_f32_on, accumulate_values_f32, accumulate_values_f32_on, decode_f32, decode_f32_on, divide_encode_f32,
-    divide_encode_f32_on, encode_f32, encode_f32_on, lane_sums, lane_sums_on,
+    Isa, accumulate_f32, accumulate_f32_on, accumulate_values_f32, accumulate_values_f32_on,
+    decode_f32, decode_f32_on, divide_encode_f32, divide_encode_f32_on, encode_f32, encode_f32_on,
+    lane_sums, lane_sums_on,
 };
 
 #[inline(always)]
@@ -149,7 +150,12 @@ fn accumulate_impl<const FIRST: bool>(dtype: Dtype, bytes: &[u8], w: f32, acc: &
 /// [`decode_f32`] gives for any float dtype): the same `w * x` and add per
 /// element, and the same count of NaN/±Inf values.
 #[inline(always)]
-pub(crate) fn accumulate_values_f32_generic(x: &[f32], w: f32, acc: &mut [f32], first: bool) -> u64 {
+pub(crate) fn accumulate_values_f32_generic(
+    x: &[f32],
+    w: f32,
+    acc: &mut [f32],
+    first: bool,
+) -> u64 {
     assert!(
         x.len() >= acc.len(),
         "accumulate_values_f32: {} values for {} elements",

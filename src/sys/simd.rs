@@ -17,8 +17,8 @@ use safetensors::Dtype;
 
 use crate::kernels::SUM_LANES;
 use crate::kernels::{
-    accumulate_f32_generic, accumulate_values_f32_generic, decode_f32_generic, divide_encode_f32_generic, encode_f32_generic,
-    lane_sums_generic,
+    accumulate_f32_generic, accumulate_values_f32_generic, decode_f32_generic,
+    divide_encode_f32_generic, encode_f32_generic, lane_sums_generic,
 };
 
 /// A compiled version of the kernels.
