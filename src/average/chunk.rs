@@ -115,7 +115,8 @@ pub(super) struct SummedChunk {
     /// The basin sums of each pair, one list per work item of
     /// [`SUB_ELEMS`] elements, in range order.
     pub sums: Vec<Vec<PairSums>>,
-    /// Time the work items spent summing, over all threads.
+    /// Time the work items spent summing, over all threads, divided by the
+    /// pool's threads: about the wall time the sums took the pool.
     pub busy: Duration,
 }
 
@@ -209,7 +210,7 @@ pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
     SummedChunk {
         counts: into_counts(counts),
         sums,
-        busy: Duration::from_nanos(busy.into_inner()),
+        busy: Duration::from_nanos(busy.into_inner() / rayon::current_num_threads().max(1) as u64),
     }
 }
 

@@ -412,3 +412,27 @@ fn exact_terms_turn_term_updates_off_and_reach_the_same_alignment() {
         "{obj} vs {exact_obj}"
     );
 }
+
+#[test]
+fn the_basin_check_changes_no_byte_of_an_aligned_average() {
+    // With the check, the merge kernel decodes the permuted B once and
+    // takes both the average and the basin sums from it; without, it
+    // accumulates straight from the gathered bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        fx("mlp/run_seed0.safetensors"),
+        fx("mlp/run_seed1.safetensors"),
+    );
+    let out = |name: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        polymerge()
+            .args(["avg", &a, &b, "--align", "-o", path_str(&path), "--quiet"])
+            .args(extra)
+            .assert()
+            .success();
+        std::fs::read(path).unwrap()
+    };
+    let checked = out("checked.safetensors", &[]);
+    let unchecked = out("unchecked.safetensors", &["--no-basin-check"]);
+    assert!(checked == unchecked, "outputs differ");
+}
