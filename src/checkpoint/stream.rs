@@ -212,9 +212,16 @@ impl<'s, 'a> Chunks<'s, 'a> {
         }
     }
 
+    /// Drops the pages of elements `0..offset` of every source read as
+    /// stored: from the tensor's start, not from the last release, because
+    /// a fault may map a whole large folio of the page cache (Linux 6.18
+    /// does, once a file's pages sit in large folios), pages behind the
+    /// read position included, so pages dropped once can be mapped again
+    /// by a later fault in the same folio. A range with nothing mapped
+    /// costs the kernel one page-table walk.
     fn release_up_to(&mut self, offset: usize) {
         for s in self.sources.iter().filter(|s| !s.is_permuted()) {
-            s.release(self.released..offset);
+            s.release(0..offset);
         }
         self.released = offset;
     }
