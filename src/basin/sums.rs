@@ -178,9 +178,7 @@ impl PairSumsSink {
     pub fn into_sums(self) -> Vec<TensorSums> {
         self.out
     }
-}
 
-impl PairSumsSink {
     /// Float tensor `name` of `shape` starts.
     pub fn begin(&mut self, name: &str, shape: &[usize]) {
         self.tensor = Some((name.to_string(), shape.to_vec()));

@@ -227,7 +227,8 @@ impl<const FIRST: bool> Kernel<f32, f32> for AccumulateValues<FIRST> {
     }
 }
 
-/// As [`AccumulateBf16`] for words of `D`ecoded elements (F16, F64).
+/// As [`AccumulateBf16`] for words of `D`ecoded elements (F16, F64):
+/// decoded into a block on the stack, then [`AccumulateValues`].
 pub(super) struct AccumulateVia<D, const FIRST: bool>(pub(super) D, pub(super) f32);
 impl<W: Copy, D: Kernel<W, f32>, const FIRST: bool> Kernel<W, f32> for AccumulateVia<D, FIRST> {
     #[inline(always)]
@@ -235,13 +236,7 @@ impl<W: Copy, D: Kernel<W, f32>, const FIRST: bool> Kernel<W, f32> for Accumulat
         let mut x = [0f32; BLOCK];
         let x = &mut x[..acc.len()];
         self.0.run(src, x);
-        let w = self.1;
-        let mut bad = 0u32;
-        for (a, &x) in acc.iter_mut().zip(x.iter()) {
-            bad += u32::from(!x.is_finite());
-            add_term::<FIRST>(a, w, x);
-        }
-        bad
+        AccumulateValues::<FIRST>(self.1).run(x, acc)
     }
 }
 
