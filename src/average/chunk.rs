@@ -1,6 +1,6 @@
 //! Averaging one chunk of output elements on the rayon pool: work items of
-//! [`SUB_ELEMS`] elements, each folding every input into L1-resident
-//! accumulators with the fused kernels of [`crate::kernels`].
+//! [`SUB_ELEMS`] elements, each folding every input in turn into
+//! cache-resident accumulators with the fused kernels of [`crate::kernels`].
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -13,32 +13,8 @@ use safetensors::Dtype;
 use super::SUB_ELEMS;
 use crate::basin::PairSums;
 use crate::checkpoint::dtype;
-use crate::checkpoint::stream::TensorSource;
+use crate::checkpoint::stream::ChunkInputs;
 use crate::kernels;
-
-/// Elements accumulated at a time inside a work item (f32 path): 2 Ki f32
-/// accumulators (8 KiB) stay in L1 while every input is folded in.
-const MINI_ELEMS: usize = 2048;
-
-/// The inputs of one chunk: each input's element bytes over a range of
-/// output elements, either borrowed from a mapping or gathered into scratch.
-pub(super) trait ChunkInputs: Sync {
-    fn len(&self) -> usize;
-    fn dtype(&self, i: usize) -> Dtype;
-    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8];
-}
-
-impl ChunkInputs for [TensorSource<'_>] {
-    fn len(&self) -> usize {
-        <[TensorSource]>::len(self)
-    }
-    fn dtype(&self, i: usize) -> Dtype {
-        self[i].dtype()
-    }
-    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
-        self[i].fetch(range, scratch)
-    }
-}
 
 impl ChunkInputs for [(Dtype, &[u8])] {
     fn len(&self) -> usize {
@@ -124,8 +100,11 @@ pub(super) struct SummedChunk {
 /// takes the basin check's [`PairSums`] of `pairs` (indices into
 /// `sources`; none for a merge without the check) from the same reads.
 ///
-/// Each work item of [`SUB_ELEMS`] elements folds every input into
-/// L1-resident accumulators, [`MINI_ELEMS`] at a time. An input no pair
+/// Each work item of [`SUB_ELEMS`] elements folds one input after the
+/// other into its accumulators (64 KiB of f32, resident in L2), fetching
+/// each input's bytes once: one `pread` per input and work item where the
+/// inputs are read rather than mapped, into a buffer that is still in
+/// cache when it is summed. An input no pair
 /// uses is accumulated straight from its bytes ([`kernels::accumulate_f32`]);
 /// an input a pair uses is decoded once per work item into f32 with the
 /// decoder that kernel runs ([`kernels::decode_f32`]), summed, and
@@ -182,27 +161,28 @@ pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
                     busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     sums
                 };
-                acc32.resize(MINI_ELEMS, 0.0);
-                let mut m0 = 0;
-                while m0 < n {
-                    let m = MINI_ELEMS.min(n - m0);
-                    let acc = &mut acc32[..m];
-                    for (i, &w) in weights.iter().enumerate() {
-                        // The first term overwrites acc (Python's `0 + w·x`).
-                        let bad = if used[i] {
-                            kernels::accumulate_values_f32(&decoded[i][m0..m0 + m], w, acc, i == 0)
-                        } else {
-                            let b = sources.fetch(i, lo + m0..lo + m0 + m, bytes);
-                            kernels::accumulate_f32(sources.dtype(i), b, w, acc, i == 0)
-                        };
-                        if bad != 0 {
-                            counts[i].fetch_add(bad, Ordering::Relaxed);
-                        }
-                    }
-                    let out = &mut out_block[m0 * out_elem..(m0 + m) * out_elem];
-                    kernels::divide_encode_f32(acc, divisor, out_dtype, out);
-                    m0 += m;
+                // Input by input over the whole work item: each input's
+                // bytes are fetched once (one `pread` where the input is
+                // read, not mapped) and folded into the item's accumulators
+                // (16 Ki f32, 64 KiB: they stay in L2 from input to input).
+                // Each element still sums its inputs in input order.
+                if acc32.len() < n {
+                    acc32.resize(n, 0.0);
                 }
+                let acc = &mut acc32[..n];
+                for (i, &w) in weights.iter().enumerate() {
+                    // The first term overwrites acc (Python's `0 + w·x`).
+                    let bad = if used[i] {
+                        kernels::accumulate_values_f32(&decoded[i][..n], w, acc, i == 0)
+                    } else {
+                        let b = sources.fetch(i, lo..lo + n, bytes);
+                        kernels::accumulate_f32(sources.dtype(i), b, w, acc, i == 0)
+                    };
+                    if bad != 0 {
+                        counts[i].fetch_add(bad, Ordering::Relaxed);
+                    }
+                }
+                kernels::divide_encode_f32(acc, divisor, out_dtype, out_block);
                 sums
             })
         })

@@ -28,8 +28,8 @@ use rayon::prelude::*;
 use safetensors::Dtype;
 
 use super::SUB_ELEMS;
-use super::chunk::ChunkInputs;
 use crate::checkpoint::dtype;
+use crate::checkpoint::stream::ChunkInputs;
 use crate::kernels;
 
 /// The weights of a linear merge in the two accumulation precisions, and

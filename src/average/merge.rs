@@ -10,7 +10,7 @@ use super::linear::{LinearWeights, linear_chunk};
 use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Numerics, Plan};
 use crate::basin::PairSumsSink;
 use crate::checkpoint::dtype;
-use crate::checkpoint::stream::{Chunks, TensorSource};
+use crate::checkpoint::stream::{ChunkInputs, Chunks, TensorSource};
 use crate::error::{Error, MismatchError, Result, TensorError};
 use crate::observe::{Event, Observer, Phase};
 use crate::write::CheckpointWriter;
@@ -193,7 +193,9 @@ pub fn stream(
                         s.begin(&pt.plan.name, &pt.plan.shape);
                     }
                 }
-                for range in Chunks::new(&sources, numel) {
+                let mut chunks = Chunks::new(&sources, numel);
+                while let Some(chunk) = chunks.next_chunk()? {
+                    let range = chunk.range();
                     // A recycled buffer is not cleared: every byte of it is
                     // overwritten below.
                     let mut buf = back_rx.try_recv().unwrap_or_default();
@@ -203,17 +205,17 @@ pub fn stream(
                     let c = match pt.action {
                         Action::Copy | Action::CopyExact => {
                             let mut scratch = Vec::new();
-                            buf.copy_from_slice(sources[0].fetch(range.clone(), &mut scratch));
+                            buf.copy_from_slice(chunk.fetch(0, range.clone(), &mut scratch));
                             None
                         }
                         Action::Counter(from) => {
                             let mut scratch = Vec::new();
-                            buf.copy_from_slice(sources[from].fetch(range.clone(), &mut scratch));
+                            buf.copy_from_slice(chunk.fetch(from, range.clone(), &mut scratch));
                             None
                         }
                         Action::AverageF32 => {
                             let c = average_chunk_f32(
-                                sources.as_slice(),
+                                &chunk,
                                 &weights32,
                                 sum64 as f32,
                                 pt.plan.dtype,
@@ -228,7 +230,7 @@ pub fn stream(
                             Some(c.counts)
                         }
                         Action::Linear { compute } => Some(linear_chunk(
-                            sources.as_slice(),
+                            &chunk,
                             &linear,
                             compute,
                             pt.plan.dtype,
@@ -236,7 +238,7 @@ pub fn stream(
                             &mut buf,
                         )),
                         Action::AverageF64 => Some(average_chunk_f64(
-                            sources.as_slice(),
+                            &chunk,
                             &opts.weights,
                             sum64,
                             pt.plan.dtype,
@@ -251,7 +253,7 @@ pub fn stream(
                         && !summed
                         && let Some(s) = sink.as_deref_mut()
                     {
-                        s.chunk(&sources, range.clone());
+                        s.chunk(&chunk);
                     }
                     if tx.send(buf).is_err() {
                         // The writer thread stopped: its error is reported below.

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::checkpoint::dtype;
-use crate::checkpoint::stream::{Chunks, MergeInput, SUB_ELEMS, TensorSource};
+use crate::checkpoint::stream::{Chunk, ChunkInputs, Chunks, MergeInput, SUB_ELEMS, TensorSource};
 use crate::error::{MismatchError, Result, UsageError};
 use crate::kernels::{self, SUM_LANES};
 use crate::observe::{Event, Observer, Phase};
@@ -185,10 +185,11 @@ impl PairSumsSink {
         self.current = vec![PairSums::default(); self.pairs.len()];
     }
 
-    /// Elements `range` of the current tensor, from `sources` (one per
-    /// input of the pass, in input order): decoded and summed here.
-    pub fn chunk(&mut self, sources: &[TensorSource<'_>], range: Range<usize>) {
+    /// A chunk of the current tensor, from every input of the pass (in
+    /// input order): decoded and summed here.
+    pub fn chunk(&mut self, chunk: &Chunk) {
         let t0 = Instant::now();
+        let range = chunk.range();
         let slot = |i: usize| self.used.iter().position(|&u| u == i).expect("used input");
         let subs: Vec<Range<usize>> = range
             .clone()
@@ -205,7 +206,7 @@ impl PairSumsSink {
                         if v.len() < r.len() {
                             v.resize(r.len(), 0.0);
                         }
-                        sources[i].decode_f32_into(r.clone(), &mut v[..r.len()], scratch);
+                        chunk.decode_f32_into(i, r.clone(), &mut v[..r.len()], scratch);
                     }
                     self.pairs
                         .iter()
@@ -302,8 +303,10 @@ pub fn stream_sums(
             })
             .collect::<Result<_>>()?;
         sink.begin(&t.name, &t.shape);
-        for range in Chunks::new(&views, t.numel()) {
-            sink.chunk(&views, range.clone());
+        let mut chunks = Chunks::new(&views, t.numel());
+        while let Some(chunk) = chunks.next_chunk()? {
+            sink.chunk(&chunk);
+            let range = chunk.range();
             done += views
                 .iter()
                 .map(|v| (range.len() * v.elem()) as u64)

@@ -196,6 +196,10 @@ impl Checkpoint {
                 metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             }
             let data_start = 8 + header_len;
+            // Parsing mapped the header's pages, and with them whatever the
+            // page cache holds in the same folio (up to 2 MiB of tensor
+            // data): drop them, or every open input would keep them mapped.
+            mapped.release_covering(0..data_start);
             let mut infos: Vec<(String, &safetensors::tensor::TensorInfo)> =
                 parsed.tensors().into_iter().collect();
             // Zero-size tensors can share an offset: break ties by name, so
@@ -283,6 +287,41 @@ impl Checkpoint {
     /// The raw little-endian bytes of `t`, straight from the mapping.
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.shards[t.shard].bytes()[t.start..t.end]
+    }
+
+    /// Reads bytes `range` (relative to the tensor's data) of `t` into `buf`
+    /// (of `range.len()` bytes) with `pread`, mapping nothing: `None` when
+    /// the file's descriptor was not kept ([`crate::sys::descriptors`]),
+    /// an error naming the file and tensor when the read fails or the file
+    /// ends early (it shrank since it was opened).
+    pub fn read_into(
+        &self,
+        t: &TensorInfo,
+        range: std::ops::Range<usize>,
+        buf: &mut [u8],
+    ) -> Option<Result<()>> {
+        debug_assert_eq!(range.len(), buf.len());
+        let read = self.shards[t.shard].read_at(t.start + range.start, buf)?;
+        Some(read.map_err(|e| {
+            let source = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                TensorError::Changed
+            } else {
+                TensorError::Unreadable(e)
+            };
+            Error::tensor(self.shard_path(t), &t.name, source)
+        }))
+    }
+
+    /// True when [`Self::read_into`] can read `t`.
+    pub fn can_read(&self, t: &TensorInfo) -> bool {
+        self.shards[t.shard].can_read()
+    }
+
+    /// Closes the descriptors kept for reading: every pass reads this
+    /// checkpoint through its mapping from now on (what a checkpoint opened
+    /// beyond the descriptor budget does anyway).
+    pub fn close_readers(&mut self) {
+        self.shards.iter_mut().for_each(MappedFile::close_reader);
     }
 
     /// Drops the pages of bytes `range` (relative to the tensor's data) of `t`

@@ -4,19 +4,24 @@
 //!
 //! A pass takes one tensor at a time from several inputs, each input seen
 //! as stored or through a permutation ([`TensorSource`]), in chunks of at
-//! most [`CHUNK_ELEMS`] elements ([`Chunks`]); the input pages a chunk
-//! consumed are dropped from the resident set (`madvise(DONTNEED)`) every
-//! [`RELEASE_BYTES`], so peak memory does not grow with model size. One
-//! read of the inputs can serve two computations: the merge pass takes the
-//! basin sums from the chunks it reads ([`crate::basin::PairSumsSink`]).
+//! most [`CHUNK_ELEMS`] elements ([`Chunks`]). Inputs read in order are
+//! read with `pread`, a work item at a time into its thread's scratch
+//! buffer, so the resident set holds no page of the files; inputs read through their mapping (permuted
+//! ones, and those beyond the descriptor budget) have the pages a chunk
+//! consumed dropped from the resident set (`madvise(DONTNEED)`) every
+//! [`RELEASE_BYTES`]. Either way peak memory does not grow with model size
+//! or with the number of inputs. One read of the inputs can serve two
+//! computations: the merge pass takes the basin sums from the chunks it
+//! reads ([`crate::basin::PairSumsSink`]).
 
 use std::ops::Range;
+use std::sync::Mutex;
 
 use half::slice::HalfFloatSliceExt;
 use safetensors::Dtype;
 
 use super::{Checkpoint, TensorInfo, dtype};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels;
 use crate::permute::{ModelPermutation, TensorPermutation, gather};
 
@@ -183,77 +188,210 @@ pub fn chunk_elems(in_elem: usize) -> usize {
     CHUNK_ELEMS.min(fit.max(SUB_ELEMS))
 }
 
-/// The chunks of one tensor streamed from `sources`: element ranges in
-/// order (one empty range for an empty tensor). Advancing past a chunk
-/// counts it as consumed; consumed pages of sources read as stored are
-/// dropped every [`RELEASE_BYTES`] and at the end, when permuted sources
-/// (read out of order) are dropped whole.
+/// The inputs of one chunk as the averaging and summing kernels see them:
+/// each input's element bytes over a range of elements.
+pub trait ChunkInputs: Sync {
+    /// Number of inputs.
+    fn len(&self) -> usize;
+    /// Element type of input `i`.
+    fn dtype(&self, i: usize) -> Dtype;
+    /// Bytes of elements `range` of input `i`: borrowed, or gathered into
+    /// `scratch`.
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8];
+    /// Elements `range` of (float) input `i` decoded to f32 into `out`, of
+    /// `range.len()` values.
+    fn decode_f32_into(
+        &self,
+        i: usize,
+        range: Range<usize>,
+        out: &mut [f32],
+        scratch: &mut Vec<u8>,
+    ) {
+        let bytes = self.fetch(i, range, scratch);
+        // Half floats: the slice conversion uses the CPU's F16C instructions
+        // when present (several times faster than element by element).
+        if self.dtype(i) == Dtype::F16
+            && let Ok(h) = bytemuck::try_cast_slice::<u8, half::f16>(bytes)
+        {
+            h.convert_to_f32_slice(out);
+            return;
+        }
+        kernels::decode_f32(self.dtype(i), bytes, out);
+    }
+}
+
+/// The chunks of one tensor streamed from `sources`, one [`Chunk`] at a
+/// time (one empty chunk for an empty tensor).
+///
+/// A source read as stored is read with `pread` when its file's descriptor
+/// was kept ([`crate::sys::descriptors`]): each work item reads its own
+/// elements into its thread's scratch buffer ([`ChunkInputs::fetch`]), a
+/// few dozen KiB that stay in the core's cache while they are used, and
+/// the page cache's pages are copied, never mapped, so the resident set
+/// holds nothing of the files. Other sources are read from the mapping:
+/// permuted ones gather out of order (their pages are dropped whole at the
+/// end), plain ones beyond the descriptor budget are borrowed, and their
+/// consumed pages dropped every [`RELEASE_BYTES`].
+///
+/// A read that fails inside a work item cannot stop the kernel running it:
+/// the work item sees zeros, the first error is kept, and the next call of
+/// [`Chunks::next_chunk`] returns it, so a pass driven to its end by
+/// `while let Some(chunk) = chunks.next_chunk()?` never finishes on bytes
+/// that were not read.
 pub struct Chunks<'s, 'a> {
     sources: &'s [TensorSource<'a>],
+    /// Which sources are read with `pread`.
+    read: Vec<bool>,
     numel: usize,
     chunk: usize,
-    in_elem: usize,
+    /// Bytes per element of the sources read from their mapping as stored.
+    mapped_elem: usize,
     /// End of the last chunk handed out (`None` before the first).
     offset: Option<usize>,
     released: usize,
+    /// The first read that failed.
+    failed: Mutex<Option<Error>>,
 }
 
 impl<'s, 'a> Chunks<'s, 'a> {
     /// Streams `numel` elements of each of `sources`.
     pub fn new(sources: &'s [TensorSource<'a>], numel: usize) -> Self {
         let in_elem: usize = sources.iter().map(|s| s.elem).sum::<usize>().max(1);
+        let read: Vec<bool> = sources
+            .iter()
+            .map(|s| !s.is_permuted() && s.ckpt.can_read(s.info))
+            .collect();
+        let mapped_elem = sources
+            .iter()
+            .zip(&read)
+            .filter(|(s, r)| !**r && !s.is_permuted())
+            .map(|(s, _)| s.elem)
+            .sum();
         Self {
             sources,
+            read,
             numel,
             chunk: chunk_elems(in_elem),
-            in_elem,
+            mapped_elem,
             offset: None,
             released: 0,
+            failed: Mutex::new(None),
         }
     }
 
-    /// Drops the pages of elements `0..offset` of every source read as
-    /// stored: from the tensor's start, not from the last release, because
-    /// a fault may map a whole large folio of the page cache (Linux 6.18
-    /// does, once a file's pages sit in large folios), pages behind the
-    /// read position included, so pages dropped once can be mapped again
-    /// by a later fault in the same folio. A range with nothing mapped
-    /// costs the kernel one page-table walk.
-    fn release_up_to(&mut self, offset: usize) {
-        for s in self.sources.iter().filter(|s| !s.is_permuted()) {
-            s.release(0..offset);
+    /// The next chunk; `None` after the last. Fails, naming the file and
+    /// tensor, when a read of the chunk before failed.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk<'_, 'a>>> {
+        if let Some(e) = self
+            .failed
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            self.finish();
+            return Err(e);
         }
-        self.released = offset;
-    }
-}
-
-impl Iterator for Chunks<'_, '_> {
-    type Item = Range<usize>;
-
-    fn next(&mut self) -> Option<Range<usize>> {
         let start = match self.offset {
             None => 0,
-            Some(end) if end > self.numel => return None,
+            Some(end) if end > self.numel => return Ok(None),
             Some(end) => {
-                // The previous chunk is consumed: drop its pages, in batches
-                // (each `madvise` costs a TLB shootdown on every core that
-                // ran a worker).
-                if (end - self.released) * self.in_elem >= RELEASE_BYTES || end >= self.numel {
-                    self.release_up_to(end);
+                // The previous chunk is consumed: drop its mapped pages, in
+                // batches (each `madvise` costs a TLB shootdown on every
+                // core that ran a worker).
+                if self.mapped_elem > 0 && (end - self.released) * self.mapped_elem >= RELEASE_BYTES
+                {
+                    self.release_up_to(end, false);
                 }
                 if end >= self.numel {
-                    for s in self.sources.iter().filter(|s| s.is_permuted()) {
-                        s.release_all();
-                    }
-                    self.offset = Some(self.numel + 1);
-                    return None;
+                    self.finish();
+                    return Ok(None);
                 }
                 end
             }
         };
         let end = start + self.chunk.min(self.numel - start);
         self.offset = Some(end);
-        Some(start..end)
+        Ok(Some(Chunk {
+            sources: self.sources,
+            read: &self.read,
+            range: start..end,
+            failed: &self.failed,
+        }))
+    }
+
+    /// Drops the pages of elements `0..offset` of every source read as
+    /// stored from its mapping (with `all`, of those read with `pread`
+    /// too, whose mapping only a whole-tensor comparison touches): from the
+    /// tensor's start, not from the last release, because a fault may map
+    /// a whole large folio of the page cache (Linux 6.18 does, once a
+    /// file's pages sit in large folios), pages behind the read position
+    /// included, so pages dropped once can be mapped again by a later fault
+    /// in the same folio. A range with nothing mapped costs the kernel one
+    /// page-table walk.
+    fn release_up_to(&mut self, offset: usize, all: bool) {
+        for (s, &read) in self.sources.iter().zip(&self.read) {
+            if !s.is_permuted() && (all || !read) {
+                s.release(0..offset);
+            }
+        }
+        self.released = offset;
+    }
+
+    /// The tensor is done (or failed): every page of it this pass mapped
+    /// is dropped.
+    fn finish(&mut self) {
+        self.release_up_to(self.numel, true);
+        for s in self.sources.iter().filter(|s| s.is_permuted()) {
+            s.release_all();
+        }
+        self.offset = Some(self.numel + 1);
+    }
+}
+
+/// One chunk of a tensor: elements [`Chunk::range`] of every source.
+pub struct Chunk<'c, 'a> {
+    sources: &'c [TensorSource<'a>],
+    read: &'c [bool],
+    range: Range<usize>,
+    failed: &'c Mutex<Option<Error>>,
+}
+
+impl Chunk<'_, '_> {
+    /// The chunk's elements (flat, of the tensor as the pass sees it).
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+}
+
+impl ChunkInputs for Chunk<'_, '_> {
+    fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    fn dtype(&self, i: usize) -> Dtype {
+        self.sources[i].dtype()
+    }
+
+    /// Bytes of elements `range` (inside the chunk's) of source `i`: read
+    /// into `scratch` with `pread`, borrowed from the mapping, or gathered.
+    /// A failed read gives zeros and is reported by the next
+    /// [`Chunks::next_chunk`].
+    fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+        debug_assert!(range.start >= self.range.start && range.end <= self.range.end);
+        let s = &self.sources[i];
+        if !self.read[i] {
+            return s.fetch(range, scratch);
+        }
+        let bytes = range.start * s.elem..range.end * s.elem;
+        // Every byte is overwritten by the read (or zeroed if it fails).
+        scratch.resize(bytes.len(), 0);
+        let read = s.ckpt.read_into(s.info, bytes, scratch);
+        if let Some(Err(e)) = read {
+            scratch.fill(0);
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.get_or_insert(e);
+        }
+        scratch
     }
 }
 

@@ -104,6 +104,10 @@ pub enum TensorError {
     NegativeLabel(i64),
     #[error("has no rows")]
     NoRows,
+    #[error("input changed while reading (the file ends before the tensor's bytes)")]
+    Changed,
+    #[error("cannot read its bytes")]
+    Unreadable(#[source] std::io::Error),
 }
 
 /// How inputs differ.

@@ -192,7 +192,11 @@ impl Error {
                 Some(io) if under_io => lowercase_io(io),
                 _ => c.to_string(),
             });
-            under_io = matches!(c.downcast_ref::<Error>(), Some(Error::Io { .. }));
+            under_io = matches!(c.downcast_ref::<Error>(), Some(Error::Io { .. }))
+                || matches!(
+                    c.downcast_ref::<TensorError>(),
+                    Some(TensorError::Unreadable(_))
+                );
             cause = c.source();
         }
         parts.join(": ").replace('\n', " ")

@@ -5,6 +5,9 @@
 //! consumed, [`MappedFile::release`] tells the kernel we will not need those
 //! pages again (`madvise(MADV_DONTNEED)`), so file pages do not pile up in the
 //! process's resident set while a multi-gigabyte model streams through.
+//! While the descriptor budget allows ([`super::descriptors`]), the file's
+//! descriptor stays open too, for passes that read the file in order
+//! ([`MappedFile::read_at`]) rather than map its pages.
 
 use std::fs::File;
 use std::ops::Range;
@@ -22,10 +25,13 @@ pub struct MappedFile {
     /// before the mapping goes (fields drop in declaration order).
     _registered: Option<super::signals::MappingGuard>,
     map: Mmap,
+    /// The descriptor, kept for `pread` while the budget allows.
+    reader: Option<(File, super::descriptors::Held)>,
 }
 
 impl MappedFile {
-    /// Maps `path` read-only. The file descriptor is closed right away (the
+    /// Maps `path` read-only. The file descriptor stays open for reads while
+    /// the descriptor budget allows, and is closed right away beyond it (the
     /// mapping keeps the file alive), so hundreds of checkpoints can be open
     /// at once without running into the descriptor limit.
     pub fn open(path: &Path) -> Result<Self> {
@@ -42,11 +48,32 @@ impl MappedFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let registered = (!map.is_empty())
             .then(|| super::signals::register_mapping(path, map.as_ptr() as usize, map.len()));
+        let reader = super::descriptors::hold().map(|held| (file, held));
         Ok(Self {
             path: path.to_path_buf(),
             map,
             _registered: registered,
+            reader,
         })
+    }
+
+    /// Fills `buf` with the file's bytes from `offset` on, with `pread`
+    /// (nothing is mapped): `None` when the descriptor was not kept.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Option<std::io::Result<()>> {
+        use std::os::unix::fs::FileExt;
+        let (file, _) = self.reader.as_ref()?;
+        Some(file.read_exact_at(buf, offset as u64))
+    }
+
+    /// True when [`Self::read_at`] can read.
+    pub fn can_read(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// Closes the kept descriptor: the file is read through the mapping
+    /// from now on.
+    pub fn close_reader(&mut self) {
+        self.reader = None;
     }
 
     /// The file's bytes.

@@ -1,4 +1,5 @@
-//! Tests of the input gate and the signal registries.
+//! Tests of the input gate, the signal registries and the descriptor
+//! budget.
 
 use std::path::Path;
 
@@ -50,4 +51,19 @@ fn a_fifo_and_a_directory_are_refused_without_opening_them() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn inputs_keep_half_the_descriptors_the_reserve_leaves() {
+    use super::descriptors::budget_for;
+    // (1024 − 32) / 2 = 496; (64 − 32) / 2 = 16; nothing under 32 + 2.
+    assert_eq!(budget_for(1024), 496);
+    assert_eq!(budget_for(64), 16);
+    assert_eq!(budget_for(33), 0);
+    assert_eq!(budget_for(32), 0);
+    assert_eq!(budget_for(0), 0);
+    assert_eq!(
+        budget_for(libc::RLIM_INFINITY),
+        (u64::MAX - 32) as usize / 2
+    );
 }

@@ -241,3 +241,44 @@ fn a_window_of_one_reproduces_the_last_checkpoint_exactly() {
         }
     }
 }
+
+/// `polymerge ema` of the 20 trajectory checkpoints with `extra` flags,
+/// under `ulimit -n` when given; the output's bytes.
+fn ema_bytes_under(descriptors: Option<u32>, extra: &[&str]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ema.safetensors");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures/mlp/traj"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    inputs.sort();
+    assert_eq!(inputs.len(), 20);
+    let script = match descriptors {
+        None => r#"exec "$0" "$@""#.to_string(),
+        Some(n) => format!(r#"ulimit -n {n} && exec "$0" "$@""#),
+    };
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .arg(crate::common::polymerge_path())
+        .arg("ema")
+        .args(&inputs)
+        .args(["--half-life", "60", "-o", out.to_str().unwrap(), "--quiet"])
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ulimit -n {descriptors:?}: {status}");
+    std::fs::read(&out).unwrap()
+}
+
+#[test]
+fn inputs_read_with_pread_through_their_mapping_or_both_give_the_same_bytes() {
+    // Unlimited: every input read with `pread`. `ulimit -n 52`: a budget of
+    // (52 − 32) / 2 = 10 descriptors, so 10 inputs are read and 10 mapped.
+    // `ulimit -n 32`: no budget, all 20 mapped.
+    for extra in [&[][..], &["--accum", "f64"], &["--no-basin-check"]] {
+        let read = ema_bytes_under(None, extra);
+        assert_eq!(read, ema_bytes_under(Some(52), extra), "{extra:?}");
+        assert_eq!(read, ema_bytes_under(Some(32), extra), "{extra:?}");
+    }
+}

@@ -186,7 +186,28 @@ fn a_file_size_limit_ends_in_one_error_line_and_no_temporary() {
 }
 
 #[test]
+fn an_input_truncated_while_read_ends_in_one_error_line_naming_the_tensor_and_no_temporary() {
+    // Read with `pread`: the short read is an error naming file and tensor.
+    truncate_mid_merge(
+        None,
+        &["big.safetensors", "tensor `", "input changed while reading"],
+    );
+}
+
+#[test]
 fn an_input_truncated_while_mapped_ends_in_one_error_line_and_no_temporary() {
+    // Under `ulimit -n 32` no input keeps a descriptor: both are read
+    // through the mapping, and the truncation raises SIGBUS.
+    truncate_mid_merge(
+        Some(32),
+        &["big.safetensors", "input changed while reading"],
+    );
+}
+
+/// Averages a 128 MiB input with itself (under `ulimit -n` when given),
+/// truncates it mid-merge, and expects one error line holding `words`, no
+/// temporary and no output.
+fn truncate_mid_merge(descriptors: Option<u32>, words: &[&str]) {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     // 2 × 16 Mi f32 (128 MiB): long enough to average that it is caught
@@ -204,16 +225,27 @@ fn an_input_truncated_while_mapped_ends_in_one_error_line_and_no_temporary() {
         None,
     );
     let out = dir.path().join("out.safetensors");
-    let mut child = std::process::Command::new(polymerge_path())
-        .args([
-            "avg",
-            s(&big),
-            s(&big),
-            "-o",
-            s(&out),
-            "-q",
-            "--no-basin-check",
-        ])
+    let args = [
+        "avg",
+        s(&big),
+        s(&big),
+        "-o",
+        s(&out),
+        "-q",
+        "--no-basin-check",
+    ];
+    let mut command = match descriptors {
+        None => std::process::Command::new(polymerge_path()),
+        Some(n) => {
+            let mut sh = std::process::Command::new("sh");
+            sh.arg("-c")
+                .arg(format!(r#"ulimit -n {n} && exec "$0" "$@""#))
+                .arg(polymerge_path());
+            sh
+        }
+    };
+    let mut child = command
+        .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -251,7 +283,7 @@ fn an_input_truncated_while_mapped_ends_in_one_error_line_and_no_temporary() {
         .unwrap();
     kill("-CONT");
     let result = child.wait_with_output().unwrap();
-    assert_one_error_line(&result, &["big.safetensors", "input changed while reading"]);
+    assert_one_error_line(&result, words);
     assert_eq!(temporaries(dir.path()), Vec::<String>::new());
     assert!(!out.exists());
 }
