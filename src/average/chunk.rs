@@ -17,7 +17,7 @@ use crate::checkpoint::stream::ChunkInputs;
 use crate::kernels;
 
 impl ChunkInputs for [(Dtype, &[u8])] {
-    fn len(&self) -> usize {
+    fn count(&self) -> usize {
         <[(Dtype, &[u8])]>::len(self)
     }
     fn dtype(&self, i: usize) -> Dtype {
@@ -123,8 +123,8 @@ pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
     pairs: &[(usize, usize)],
 ) -> SummedChunk {
     let out_elem = dtype::size_of(out_dtype);
-    let counts = new_counts(sources.len());
-    let used: Vec<bool> = (0..sources.len())
+    let counts = new_counts(sources.count());
+    let used: Vec<bool> = (0..sources.count())
         .map(|i| pairs.iter().any(|&(a, b)| a == i || b == i))
         .collect();
     let busy = AtomicU64::new(0);
@@ -141,7 +141,7 @@ pub(super) fn average_chunk_f32<I: ChunkInputs + ?Sized>(
                 } = s;
                 let n = out_block.len() / out_elem;
                 let lo = range.start + k * SUB_ELEMS;
-                decoded.resize_with(sources.len(), Vec::new);
+                decoded.resize_with(sources.count(), Vec::new);
                 for (i, values) in decoded.iter_mut().enumerate().filter(|(i, _)| used[*i]) {
                     // Every value is overwritten: no need to clear.
                     if values.len() < n {
@@ -204,7 +204,7 @@ pub(super) fn average_chunk_f64<I: ChunkInputs + ?Sized>(
     out: &mut [u8],
 ) -> Vec<u64> {
     let out_elem = dtype::size_of(out_dtype);
-    let counts = new_counts(sources.len());
+    let counts = new_counts(sources.count());
     out.par_chunks_mut(SUB_ELEMS * out_elem)
         .enumerate()
         .for_each(|(k, out_block)| {

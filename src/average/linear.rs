@@ -245,7 +245,7 @@ pub(super) fn linear_chunk<I: ChunkInputs + ?Sized>(
     out: &mut [u8],
 ) -> Vec<u64> {
     let out_elem = dtype::size_of(out_dtype);
-    let counts: Vec<AtomicU64> = (0..sources.len()).map(|_| AtomicU64::new(0)).collect();
+    let counts: Vec<AtomicU64> = (0..sources.count()).map(|_| AtomicU64::new(0)).collect();
     out.par_chunks_mut(SUB_ELEMS * out_elem)
         .enumerate()
         .for_each(|(k, out_block)| {
@@ -286,7 +286,7 @@ fn block<T: Acc, I: ChunkInputs + ?Sized>(
     acc.clear();
     acc.resize(n, T::default());
     x.resize(n, T::default());
-    let mut bad = vec![0u64; sources.len()];
+    let mut bad = vec![0u64; sources.count()];
     for (i, &wi) in w.iter().enumerate() {
         let raw = sources.fetch(i, piece.clone(), bytes);
         T::decode(sources.dtype(i), raw, x);

@@ -192,7 +192,7 @@ pub fn chunk_elems(in_elem: usize) -> usize {
 /// each input's element bytes over a range of elements.
 pub trait ChunkInputs: Sync {
     /// Number of inputs.
-    fn len(&self) -> usize;
+    fn count(&self) -> usize;
     /// Element type of input `i`.
     fn dtype(&self, i: usize) -> Dtype;
     /// Bytes of elements `range` of input `i`: borrowed, or gathered into
@@ -364,7 +364,7 @@ impl Chunk<'_, '_> {
 }
 
 impl ChunkInputs for Chunk<'_, '_> {
-    fn len(&self) -> usize {
+    fn count(&self) -> usize {
         self.sources.len()
     }
 
