@@ -105,5 +105,13 @@ pub fn keep_freed_memory() {
     sys::heap::keep_freed_memory();
 }
 
+/// Raises the soft limit on open files towards the hard limit (at most
+/// 65536), so that inputs keep the descriptors streaming reads with
+/// `pread` need (see `sys::descriptors`). The binary calls this once at
+/// start, before opening any input.
+pub fn raise_descriptor_limit() {
+    sys::descriptors::raise_soft_limit();
+}
+
 /// Version string written into merge metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

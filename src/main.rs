@@ -8,6 +8,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Freed buffers stay in the heap for the next group visit.
     polymerge::keep_freed_memory();
+    // Descriptors for reading inputs with `pread` (the soft limit's 1024
+    // would leave ~500 inputs to the mapping).
+    polymerge::raise_descriptor_limit();
     // SIGBUS from an input truncated while mapped: one line, temporaries
     // removed; SIGXFSZ ignored so a file-size limit fails the write instead.
     polymerge::install_signal_handlers();

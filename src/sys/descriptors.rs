@@ -24,7 +24,43 @@ const SHARE_DIVISOR: libc::rlim_t = 2;
 /// The soft limit assumed when it cannot be read: Linux's usual default.
 const FALLBACK_LIMIT: libc::rlim_t = 1024;
 
+/// The soft limit [`raise_soft_limit`] asks for at most: 65536 descriptors,
+/// a budget of 32752 inputs, far beyond any trajectory, without claiming
+/// a hard limit of millions.
+const RAISED_LIMIT: libc::rlim_t = 1 << 16;
+
 static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Raises the soft `RLIMIT_NOFILE` towards the hard limit (at most to
+/// [`RAISED_LIMIT`]), as the Go runtime does for every program: the usual
+/// soft limit of 1024 dates from `select`, which polymerge does not use,
+/// while the hard limit is commonly 524288. So trajectories of more than
+/// [`budget_for`]`(1024)` = 496 checkpoints are still read with `pread`.
+/// Never lowers a limit; failures are ignored (the budget then follows the
+/// limit as it is). Call once, at start, before any input is opened.
+pub fn raise_soft_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` struct, which `lim` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if let Some(soft) = raised(lim.rlim_cur, lim.rlim_max) {
+        lim.rlim_cur = soft;
+        // SAFETY: `setrlimit` reads one `rlimit` struct, which `lim` is;
+        // a soft limit at or below the hard limit needs no privilege.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// The soft limit to set given the current `soft` and `hard` limits:
+/// `hard`, at most [`RAISED_LIMIT`], when that is higher than `soft`.
+pub(crate) fn raised(soft: libc::rlim_t, hard: libc::rlim_t) -> Option<libc::rlim_t> {
+    let want = hard.min(RAISED_LIMIT);
+    (want > soft).then_some(want)
+}
 
 /// How many input descriptors may be kept open at once, given the soft
 /// `RLIMIT_NOFILE` of the process when it first opens an input.

@@ -67,3 +67,16 @@ fn inputs_keep_half_the_descriptors_the_reserve_leaves() {
         (u64::MAX - 32) as usize / 2
     );
 }
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one_up_to_65536_and_never_lowered() {
+    use super::descriptors::raised;
+    // The usual Linux limits: soft 1024, hard 524288 → 65536.
+    assert_eq!(raised(1024, 524_288), Some(65_536));
+    assert_eq!(raised(1024, 4096), Some(4096));
+    // `ulimit -n 64` sets both: nothing to raise.
+    assert_eq!(raised(64, 64), None);
+    // Already above what we would ask for: left alone, never lowered.
+    assert_eq!(raised(100_000, 200_000), None);
+    assert_eq!(raised(65_536, libc::RLIM_INFINITY), None);
+}
