@@ -291,7 +291,7 @@ impl Checkpoint {
 
     /// Reads bytes `range` (relative to the tensor's data) of `t` into `buf`
     /// (of `range.len()` bytes) with `pread`, mapping nothing: `None` when
-    /// the file's descriptor was not kept ([`crate::sys::descriptors`]),
+    /// the file's descriptor was not kept (the budget of `sys::descriptors`),
     /// an error naming the file and tensor when the read fails or the file
     /// ends early (it shrank since it was opened).
     pub fn read_into(

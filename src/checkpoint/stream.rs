@@ -224,7 +224,7 @@ pub trait ChunkInputs: Sync {
 /// time (one empty chunk for an empty tensor).
 ///
 /// A source read as stored is read with `pread` when its file's descriptor
-/// was kept ([`crate::sys::descriptors`]): each work item reads its own
+/// was kept (the budget of `sys::descriptors`): each work item reads its own
 /// elements into its thread's scratch buffer ([`ChunkInputs::fetch`]), a
 /// few dozen KiB that stay in the core's cache while they are used, and
 /// the page cache's pages are copied, never mapped, so the resident set
