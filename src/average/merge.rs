@@ -10,7 +10,7 @@ use super::linear::{LinearWeights, linear_chunk};
 use super::{Action, MergeInput, MergeOptions, MergeReport, NonFinite, Numerics, Plan};
 use crate::basin::PairSumsSink;
 use crate::checkpoint::dtype;
-use crate::checkpoint::stream::{ChunkInputs, Chunks, TensorSource};
+use crate::checkpoint::stream::{Chunks, TensorSource};
 use crate::error::{Error, MismatchError, Result, TensorError};
 use crate::observe::{Event, Observer, Phase};
 use crate::write::CheckpointWriter;
@@ -204,13 +204,11 @@ pub fn stream(
                     let mut summed = false;
                     let c = match pt.action {
                         Action::Copy | Action::CopyExact => {
-                            let mut scratch = Vec::new();
-                            buf.copy_from_slice(chunk.fetch(0, range.clone(), &mut scratch));
+                            chunk.copy_into(0, &mut buf);
                             None
                         }
                         Action::Counter(from) => {
-                            let mut scratch = Vec::new();
-                            buf.copy_from_slice(chunk.fetch(from, range.clone(), &mut scratch));
+                            chunk.copy_into(from, &mut buf);
                             None
                         }
                         Action::AverageF32 => {

@@ -154,16 +154,7 @@ impl<'a> TensorSource<'a> {
 
     /// As [`Self::decode_f32`] into a slice of exactly `range.len()` values.
     pub fn decode_f32_into(&self, range: Range<usize>, out: &mut [f32], scratch: &mut Vec<u8>) {
-        let bytes = self.fetch(range, scratch);
-        // Half floats: the slice conversion uses the CPU's F16C instructions
-        // when present (several times faster than element by element).
-        if self.info.dtype == Dtype::F16
-            && let Ok(h) = bytemuck::try_cast_slice::<u8, half::f16>(bytes)
-        {
-            h.convert_to_f32_slice(out);
-            return;
-        }
-        kernels::decode_f32(self.info.dtype, bytes, out);
+        decode_f32_bytes(self.info.dtype, self.fetch(range, scratch), out);
     }
 
     /// Drops every page holding any of elements `range` (as stored) from
@@ -207,17 +198,22 @@ pub trait ChunkInputs: Sync {
         out: &mut [f32],
         scratch: &mut Vec<u8>,
     ) {
-        let bytes = self.fetch(i, range, scratch);
-        // Half floats: the slice conversion uses the CPU's F16C instructions
-        // when present (several times faster than element by element).
-        if self.dtype(i) == Dtype::F16
-            && let Ok(h) = bytemuck::try_cast_slice::<u8, half::f16>(bytes)
-        {
-            h.convert_to_f32_slice(out);
-            return;
-        }
-        kernels::decode_f32(self.dtype(i), bytes, out);
+        decode_f32_bytes(self.dtype(i), self.fetch(i, range, scratch), out);
     }
+}
+
+/// Decodes the element `bytes` of a float `dtype` into f32 `out` (as many
+/// values): [`kernels::decode_f32`], except that half floats go through
+/// the slice conversion, which uses the CPU's F16C instructions when
+/// present (several times faster than element by element).
+fn decode_f32_bytes(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    if dtype == Dtype::F16
+        && let Ok(h) = bytemuck::try_cast_slice::<u8, half::f16>(bytes)
+    {
+        h.convert_to_f32_slice(out);
+        return;
+    }
+    kernels::decode_f32(dtype, bytes, out);
 }
 
 /// The chunks of one tensor streamed from `sources`, one [`Chunk`] at a
@@ -361,6 +357,39 @@ impl Chunk<'_, '_> {
     pub fn range(&self) -> Range<usize> {
         self.range.clone()
     }
+
+    /// Copies the whole chunk of source `i` into `out` (of as many bytes):
+    /// a source read with `pread` is read straight into `out`, with no
+    /// scratch buffer in between. A failed read is handled as in
+    /// [`ChunkInputs::fetch`].
+    pub fn copy_into(&self, i: usize, out: &mut [u8]) {
+        if !self.read_with_pread(i, self.range(), out) {
+            let mut scratch = Vec::new();
+            out.copy_from_slice(self.sources[i].fetch(self.range(), &mut scratch));
+        }
+    }
+
+    /// Reads elements `range` of source `i` into `out` with `pread` when the
+    /// source is read that way (false when it is not): on failure `out`
+    /// holds zeros and the first error is kept for [`Chunks::next_chunk`].
+    fn read_with_pread(&self, i: usize, range: Range<usize>, out: &mut [u8]) -> bool {
+        debug_assert!(range.start >= self.range.start && range.end <= self.range.end);
+        let s = &self.sources[i];
+        if !self.read[i] {
+            return false;
+        }
+        let bytes = range.start * s.elem..range.end * s.elem;
+        match s.ckpt.read_into(s.info, bytes, out) {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                out.fill(0);
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.get_or_insert(e);
+                true
+            }
+        }
+    }
 }
 
 impl ChunkInputs for Chunk<'_, '_> {
@@ -377,21 +406,15 @@ impl ChunkInputs for Chunk<'_, '_> {
     /// A failed read gives zeros and is reported by the next
     /// [`Chunks::next_chunk`].
     fn fetch<'s>(&'s self, i: usize, range: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
-        debug_assert!(range.start >= self.range.start && range.end <= self.range.end);
         let s = &self.sources[i];
-        if !self.read[i] {
-            return s.fetch(range, scratch);
+        if self.read[i] {
+            // Every byte is overwritten by the read (or zeroed if it fails).
+            scratch.resize(range.len() * s.elem, 0);
+            if self.read_with_pread(i, range.clone(), scratch) {
+                return scratch;
+            }
         }
-        let bytes = range.start * s.elem..range.end * s.elem;
-        // Every byte is overwritten by the read (or zeroed if it fails).
-        scratch.resize(bytes.len(), 0);
-        let read = s.ckpt.read_into(s.info, bytes, scratch);
-        if let Some(Err(e)) = read {
-            scratch.fill(0);
-            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            failed.get_or_insert(e);
-        }
-        scratch
+        s.fetch(range, scratch)
     }
 }
 

@@ -39,14 +39,9 @@ static HELD: AtomicUsize = AtomicUsize::new(0);
 /// Never lowers a limit; failures are ignored (the budget then follows the
 /// limit as it is). Call once, at start, before any input is opened.
 pub fn raise_soft_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `getrlimit` writes one `rlimit` struct, which `lim` is.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    let Some(mut lim) = limits() else {
         return;
-    }
+    };
     if let Some(soft) = raised(lim.rlim_cur, lim.rlim_max) {
         lim.rlim_cur = soft;
         // SAFETY: `setrlimit` reads one `rlimit` struct, which `lim` is;
@@ -66,7 +61,7 @@ pub(crate) fn raised(soft: libc::rlim_t, hard: libc::rlim_t) -> Option<libc::rli
 /// `RLIMIT_NOFILE` of the process when it first opens an input.
 pub fn budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
-    *BUDGET.get_or_init(|| budget_for(soft_limit().unwrap_or(FALLBACK_LIMIT)))
+    *BUDGET.get_or_init(|| budget_for(limits().map_or(FALLBACK_LIMIT, |l| l.rlim_cur)))
 }
 
 /// The budget under soft limit `soft`: half of what [`RESERVED`] leaves.
@@ -74,7 +69,8 @@ pub(crate) fn budget_for(soft: libc::rlim_t) -> usize {
     usize::try_from(soft.saturating_sub(RESERVED) / SHARE_DIVISOR).unwrap_or(usize::MAX)
 }
 
-fn soft_limit() -> Option<libc::rlim_t> {
+/// The process's `RLIMIT_NOFILE` (soft and hard), if it can be read.
+fn limits() -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -82,7 +78,7 @@ fn soft_limit() -> Option<libc::rlim_t> {
     // SAFETY: `getrlimit` writes one `rlimit` struct, which `lim` is, and
     // reads nothing of ours.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0).then_some(lim.rlim_cur)
+    (rc == 0).then_some(lim)
 }
 
 /// One descriptor counted against the [`budget`]; dropping it gives the

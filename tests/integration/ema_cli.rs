@@ -254,13 +254,7 @@ fn ema_bytes_under(descriptors: Option<u32>, extra: &[&str]) -> Vec<u8> {
         .collect();
     inputs.sort();
     assert_eq!(inputs.len(), 20);
-    let script = match descriptors {
-        None => r#"exec "$0" "$@""#.to_string(),
-        Some(n) => format!(r#"ulimit -n {n} && exec "$0" "$@""#),
-    };
-    let status = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .arg(crate::common::polymerge_path())
+    let status = crate::common::polymerge_with_open_files(descriptors)
         .arg("ema")
         .args(&inputs)
         .args(["--half-life", "60", "-o", out.to_str().unwrap(), "--quiet"])

@@ -234,17 +234,7 @@ fn truncate_mid_merge(descriptors: Option<u32>, words: &[&str]) {
         "-q",
         "--no-basin-check",
     ];
-    let mut command = match descriptors {
-        None => std::process::Command::new(polymerge_path()),
-        Some(n) => {
-            let mut sh = std::process::Command::new("sh");
-            sh.arg("-c")
-                .arg(format!(r#"ulimit -n {n} && exec "$0" "$@""#))
-                .arg(polymerge_path());
-            sh
-        }
-    };
-    let mut child = command
+    let mut child = crate::common::polymerge_with_open_files(descriptors)
         .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()

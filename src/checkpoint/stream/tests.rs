@@ -76,10 +76,10 @@ fn resident_kib(at: usize) -> u64 {
 }
 
 /// A checkpoint of one f32 tensor `t` of `numel` elements, element `i`
-/// holding `i` (as f32), in `dir`.
+/// holding `i` (as f32, [`bytes_of`]), in `dir`.
 fn counting_checkpoint(dir: &std::path::Path, numel: usize) -> std::path::PathBuf {
     let path = dir.join("t.safetensors");
-    let data: Vec<u8> = (0..numel).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let data = bytes_of(0..numel);
     let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![numel], &data).unwrap();
     std::fs::write(&path, safetensors::serialize([("t", view)], None).unwrap()).unwrap();
     path
@@ -113,6 +113,10 @@ fn a_source_read_with_pread_has_the_files_bytes_and_maps_no_page_of_it() {
                 let want = ((r.start + k) as f32).to_le_bytes();
                 assert_eq!(e, want, "element {} (pread: {pread})", r.start + k);
             }
+            // The whole chunk copied out (what a copied tensor takes).
+            let mut copied = vec![0u8; bytes.len()];
+            chunk.copy_into(0, &mut copied);
+            assert!(copied == bytes, "copy of chunk {r:?} (pread: {pread})");
             // A sub-range of the chunk: the work items' view.
             let sub = r.start + 5..r.start + 9;
             let got = chunk.fetch(0, sub.clone(), &mut scratch);
@@ -129,6 +133,7 @@ fn a_source_read_with_pread_has_the_files_bytes_and_maps_no_page_of_it() {
     }
 }
 
+/// The bytes of elements `r` of [`counting_checkpoint`]'s tensor.
 fn bytes_of(r: Range<usize>) -> Vec<u8> {
     r.flat_map(|i| (i as f32).to_le_bytes()).collect()
 }

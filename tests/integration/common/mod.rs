@@ -72,6 +72,23 @@ pub fn polymerge_path() -> PathBuf {
     }
 }
 
+/// A command running the binary, under `ulimit -n limit` (soft and hard
+/// limit on open files, through `sh`) when a limit is given. The binary
+/// keeps input descriptors for `pread` only within (limit − 32) / 2, so a
+/// low limit sends inputs through their mapping.
+pub fn polymerge_with_open_files(limit: Option<u32>) -> std::process::Command {
+    match limit {
+        None => std::process::Command::new(polymerge_path()),
+        Some(n) => {
+            let mut sh = std::process::Command::new("sh");
+            sh.arg("-c")
+                .arg(format!(r#"ulimit -n {n} && exec "$0" "$@""#))
+                .arg(polymerge_path());
+            sh
+        }
+    }
+}
+
 /// One tensor as raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawTensor {
